@@ -1,0 +1,121 @@
+//! The REST API under `/api/v1`, compatible with the Svix v1 API so that the
+//! official Svix SDKs work against hookd unchanged.
+//!
+//! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
+//! - [`auth`]: the bearer-token check.
+//! - [`error`]: the single error shape.
+//! - [`extract`]: JSON bodies and query parameters with errors that name the field.
+//! - [`validate`]: rules for uids, names, URLs, headers and secrets.
+
+pub mod applications;
+pub mod attempts;
+pub mod auth;
+pub mod endpoints;
+pub mod error;
+pub mod event_types;
+pub mod extract;
+pub mod messages;
+pub mod validate;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+
+use crate::delivery::ssrf::NetworkPolicy;
+use crate::delivery::Engine;
+use crate::model::Millis;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub engine: Engine,
+    /// The SSRF rules, applied to endpoint URLs when they are set.
+    pub network_policy: Arc<NetworkPolicy>,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: Arc<[u8; 32]>,
+    pub max_payload_bytes: usize,
+}
+
+/// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.max_payload_bytes + 64 * 1024;
+    let api = Router::new()
+        .merge(applications::routes())
+        .merge(event_types::routes())
+        .merge(endpoints::routes())
+        .merge(messages::routes())
+        .merge(attempts::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/v1/health", get(health_no_content))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn health_no_content() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::Status {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        detail: "no such route".to_owned(),
+    }
+}
+
+/// Formats a time as RFC 3339 with milliseconds, in UTC.
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A page of a list in the Svix shape.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListResponse<T> {
+    pub data: Vec<T>,
+    pub iterator: Option<String>,
+    pub prev_iterator: Option<String>,
+    pub done: bool,
+}
+
+impl<T> ListResponse<T> {
+    /// Builds a page from up to `limit + 1` rows; the extra row only tells
+    /// that the list is not done. `key` gives the iterator of a row.
+    pub fn from_rows<R>(
+        mut rows: Vec<R>,
+        limit: usize,
+        key: impl Fn(&R) -> String,
+        map: impl Fn(R) -> T,
+    ) -> Self {
+        let done = rows.len() <= limit;
+        rows.truncate(limit);
+        let iterator = rows.last().map(&key);
+        let prev_iterator = rows.first().map(&key);
+        Self {
+            data: rows.into_iter().map(map).collect(),
+            iterator,
+            prev_iterator,
+            done,
+        }
+    }
+}

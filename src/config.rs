@@ -1,0 +1,457 @@
+//! Settings: defaults, then the TOML file, then `HOOKD_` environment variables.
+//!
+//! Every setting is validated once, in [`Config::load`], and an invalid value
+//! is reported with its key and an example of a valid value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The validated settings of a running hookd.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the API listens on (`listen`, `HOOKD_LISTEN`).
+    pub listen: SocketAddr,
+    /// Folder that holds the SQLite database (`data_dir`, `HOOKD_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Bearer token with full access (`admin_token`, `HOOKD_ADMIN_TOKEN`).
+    /// When unset, one is generated on first start and stored hashed.
+    pub admin_token: Option<String>,
+    /// Networks exempt from the SSRF guard (`allowed_networks`, `HOOKD_ALLOWED_NETWORKS`).
+    pub allowed_networks: Vec<IpNet>,
+    /// Delay before each retry; its length is the number of retries
+    /// (`retry_schedule`, `HOOKD_RETRY_SCHEDULE`).
+    pub retry_schedule: Vec<Duration>,
+    /// Total deadline of one attempt: connect, headers and body
+    /// (`request_timeout`, `HOOKD_REQUEST_TIMEOUT`).
+    pub request_timeout: Duration,
+    /// Largest delay a `Retry-After` header may ask for (`max_retry_after`, `HOOKD_MAX_RETRY_AFTER`).
+    pub max_retry_after: Duration,
+    /// Requests in flight to one endpoint at most (`max_in_flight_per_endpoint`).
+    pub max_in_flight_per_endpoint: usize,
+    /// Requests in flight across all endpoints at most (`max_in_flight`).
+    pub max_in_flight: usize,
+    /// Largest accepted request body of the API, in bytes (`max_payload_bytes`).
+    pub max_payload_bytes: usize,
+    /// Bytes of each response body kept with its attempt (`max_response_bytes`).
+    pub max_response_bytes: usize,
+    /// `text` or `json` log lines (`log_format`, `HOOKD_LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A setting that failed validation.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {key}: {reason}; example of a valid value: {example}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+        example: &'static str,
+    },
+}
+
+/// The settings as written in the file; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    admin_token: Option<String>,
+    allowed_networks: Option<StringOrList>,
+    retry_schedule: Option<StringOrList>,
+    request_timeout: Option<String>,
+    max_retry_after: Option<String>,
+    max_in_flight_per_endpoint: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_payload_bytes: Option<usize>,
+    max_response_bytes: Option<usize>,
+    log_format: Option<String>,
+}
+
+/// A list written either as a TOML array or as one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn joined(self) -> String {
+        match self {
+            Self::One(value) => value,
+            Self::Many(values) => values.join(","),
+        }
+    }
+}
+
+/// Raw values by key, before parsing; the key is the file key, and the
+/// source says how to report it (file key or environment variable).
+struct RawValues {
+    values: BTreeMap<&'static str, (String, String)>,
+}
+
+const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "admin_token",
+    "allowed_networks",
+    "retry_schedule",
+    "request_timeout",
+    "max_retry_after",
+    "max_in_flight_per_endpoint",
+    "max_in_flight",
+    "max_payload_bytes",
+    "max_response_bytes",
+    "log_format",
+];
+
+impl RawValues {
+    fn get(&self, key: &str) -> Option<(&str, &str)> {
+        self.values
+            .get(key)
+            .map(|(source, value)| (source.as_str(), value.as_str()))
+    }
+}
+
+impl Config {
+    /// Loads the settings from the optional TOML file and the given
+    /// environment, which wins over the file.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw = RawValues {
+            values: BTreeMap::new(),
+        };
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            let parsed: FileConfig =
+                toml::from_str(&text).map_err(|err| ConfigError::ParseFile {
+                    path: path.to_owned(),
+                    message: err.message().to_owned(),
+                })?;
+            let mut put = |key: &'static str, value: Option<String>| {
+                if let Some(value) = value {
+                    raw.values.insert(key, (key.to_owned(), value));
+                }
+            };
+            put("listen", parsed.listen);
+            put("data_dir", parsed.data_dir);
+            put("admin_token", parsed.admin_token);
+            put(
+                "allowed_networks",
+                parsed.allowed_networks.map(StringOrList::joined),
+            );
+            put(
+                "retry_schedule",
+                parsed.retry_schedule.map(StringOrList::joined),
+            );
+            put("request_timeout", parsed.request_timeout);
+            put("max_retry_after", parsed.max_retry_after);
+            put(
+                "max_in_flight_per_endpoint",
+                parsed.max_in_flight_per_endpoint.map(|v| v.to_string()),
+            );
+            put("max_in_flight", parsed.max_in_flight.map(|v| v.to_string()));
+            put(
+                "max_payload_bytes",
+                parsed.max_payload_bytes.map(|v| v.to_string()),
+            );
+            put(
+                "max_response_bytes",
+                parsed.max_response_bytes.map(|v| v.to_string()),
+            );
+            put("log_format", parsed.log_format);
+        }
+
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("HOOKD_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if let Some(known) = KEYS.iter().find(|k| **k == key) {
+                raw.values.insert(known, (name.clone(), value));
+            }
+        }
+
+        Self::from_raw(&raw)
+    }
+
+    fn from_raw(raw: &RawValues) -> Result<Self, ConfigError> {
+        let listen = parse(raw, "listen", "127.0.0.1:8071", "127.0.0.1:8071", |v| {
+            v.parse::<SocketAddr>().map_err(|e| e.to_string())
+        })?;
+        let data_dir = PathBuf::from(raw.get("data_dir").map_or("./hookd-data", |(_, v)| v));
+        let admin_token = match raw.get("admin_token") {
+            None => None,
+            Some((source, value)) => {
+                if value.len() < 16 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        source,
+                        "<redacted>",
+                        "must be at least 16 characters with no spaces",
+                        "a random string such as the output of `openssl rand -hex 24`",
+                    ));
+                }
+                Some(value.to_owned())
+            }
+        };
+        let allowed_networks = parse(
+            raw,
+            "allowed_networks",
+            "",
+            "127.0.0.1/32,10.0.0.0/8",
+            parse_networks,
+        )?;
+        let retry_schedule = parse(
+            raw,
+            "retry_schedule",
+            "30s,90s,270s,810s,2430s",
+            "30s,90s,270s,810s,2430s",
+            parse_schedule,
+        )?;
+        let request_timeout = parse(raw, "request_timeout", "10s", "10s", |v| {
+            parse_positive_duration(v, Duration::from_secs(3600))
+        })?;
+        let max_retry_after = parse(raw, "max_retry_after", "1h", "1h", |v| {
+            parse_positive_duration(v, Duration::from_secs(7 * 24 * 3600))
+        })?;
+        let max_in_flight_per_endpoint =
+            parse(raw, "max_in_flight_per_endpoint", "16", "16", |v| {
+                parse_count(v, 1, 10_000)
+            })?;
+        let max_in_flight = parse(raw, "max_in_flight", "4096", "4096", |v| {
+            parse_count(v, 1, 1_000_000)
+        })?;
+        let max_payload_bytes = parse(raw, "max_payload_bytes", "1048576", "1048576", |v| {
+            parse_count(v, 1024, 64 << 20)
+        })?;
+        let max_response_bytes = parse(raw, "max_response_bytes", "4096", "4096", |v| {
+            parse_count(v, 0, 1 << 20)
+        })?;
+        let log_format = parse(raw, "log_format", "text", "json", |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be text or json".to_owned()),
+        })?;
+
+        Ok(Self {
+            listen,
+            data_dir,
+            admin_token,
+            allowed_networks,
+            retry_schedule,
+            request_timeout,
+            max_retry_after,
+            max_in_flight_per_endpoint,
+            max_in_flight,
+            max_payload_bytes,
+            max_response_bytes,
+            log_format,
+        })
+    }
+
+    /// Returns the settings with every default, as `hookd serve` with no
+    /// file and no environment would use.
+    pub fn defaults() -> Self {
+        Self::load(None, std::iter::empty()).expect("the built-in defaults are valid")
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: &str, example: &'static str) -> ConfigError {
+    ConfigError::InvalidValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+        example,
+    }
+}
+
+/// Parses the value of `key`, or its default when it is not set.
+fn parse<T>(
+    raw: &RawValues,
+    key: &'static str,
+    default: &str,
+    example: &'static str,
+    parser: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let (source, value) = raw.get(key).unwrap_or((key, default));
+    parser(value.trim()).map_err(|reason| invalid(source, value, &reason, example))
+}
+
+fn parse_networks(value: &str) -> Result<Vec<IpNet>, String> {
+    split_list(value)
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{entry:?} is not a CIDR network"))
+        })
+        .collect()
+}
+
+/// Parses a comma-separated list of delays such as `30s,90s,270s`.
+pub fn parse_schedule(value: &str) -> Result<Vec<Duration>, String> {
+    let delays = split_list(value)
+        .enumerate()
+        .map(|(index, entry)| {
+            parse_positive_duration(entry, Duration::from_secs(30 * 24 * 3600))
+                .map_err(|reason| format!("entry {} ({entry:?}): {reason}", index + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.len() > 50 {
+        return Err(format!(
+            "at most 50 retries are allowed, got {}",
+            delays.len()
+        ));
+    }
+    Ok(delays)
+}
+
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+}
+
+/// Parses a duration such as `10s`, `500ms` or `1h`, at least 1 ms and at most `max`.
+fn parse_positive_duration(value: &str, max: Duration) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(value).map_err(|err| format!("not a duration ({err})"))?;
+    if duration < Duration::from_millis(1) {
+        return Err("must be at least 1ms".to_owned());
+    }
+    if duration > max {
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+fn parse_count(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    let count: usize = value.parse().map_err(|_| "not a whole number".to_owned())?;
+    if !(min..=max).contains(&count) {
+        return Err(format!("must be between {min} and {max}"));
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_documentation() {
+        let config = Config::defaults();
+        assert_eq!(config.listen, "127.0.0.1:8071".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("./hookd-data"));
+        assert_eq!(config.admin_token, None);
+        assert!(config.allowed_networks.is_empty());
+        let secs: Vec<u64> = config
+            .retry_schedule
+            .iter()
+            .map(Duration::as_secs)
+            .collect();
+        assert_eq!(secs, vec![30, 90, 270, 810, 2430]);
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookd.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nretry_schedule = [\"1s\", \"2s\"]\nrequest_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("HOOKD_LISTEN", "127.0.0.1:9001"),
+                ("HOOKD_ALLOWED_NETWORKS", "127.0.0.1/32, 10.1.0.0/16"),
+                ("HOOKD_REQUEST_TIMEOUT", "250ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(
+            config.retry_schedule,
+            vec![Duration::from_secs(1), Duration::from_secs(2)]
+        );
+        assert_eq!(config.request_timeout, Duration::from_millis(250));
+        assert_eq!(config.allowed_networks.len(), 2);
+    }
+
+    #[test]
+    fn invalid_schedule_names_variable_and_entry() {
+        let err = Config::load(None, env(&[("HOOKD_RETRY_SCHEDULE", "30s,9x")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HOOKD_RETRY_SCHEDULE"), "{text}");
+        assert!(text.contains("entry 2"), "{text}");
+        assert!(text.contains("30s,90s,270s,810s,2430s"), "{text}");
+    }
+
+    #[test]
+    fn invalid_network_is_rejected() {
+        let err =
+            Config::load(None, env(&[("HOOKD_ALLOWED_NETWORKS", "127.0.0.1/33")])).unwrap_err();
+        assert!(err.to_string().contains("HOOKD_ALLOWED_NETWORKS"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookd.toml");
+        std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(Some(&path), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn short_admin_token_is_rejected_without_echoing_it() {
+        let err = Config::load(None, env(&[("HOOKD_ADMIN_TOKEN", "short")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HOOKD_ADMIN_TOKEN"), "{text}");
+        assert!(!text.contains("\"short\""), "{text}");
+    }
+
+    #[test]
+    fn empty_schedule_means_no_retries() {
+        let config = Config::load(None, env(&[("HOOKD_RETRY_SCHEDULE", "")])).unwrap();
+        assert!(config.retry_schedule.is_empty());
+    }
+}

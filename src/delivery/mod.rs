@@ -1,0 +1,18 @@
+//! The delivery engine: a fair scheduler over per-endpoint queues, workers
+//! that make one attempt each, and the pieces they use.
+//!
+//! - [`scheduler`]: per-endpoint queues served round-robin under per-endpoint and global caps.
+//! - [`worker`]: one attempt: load, sign, send, classify, record.
+//! - [`sender`]: the HTTP client with its deadline and response-size limit.
+//! - [`retry`]: outcome classification and the retry schedule with jitter.
+//! - [`signing`]: Standard Webhooks signatures.
+//! - [`ssrf`]: the address guard applied to every connection.
+
+pub mod retry;
+pub mod scheduler;
+pub mod sender;
+pub mod signing;
+pub mod ssrf;
+pub mod worker;
+
+pub use scheduler::{Engine, EngineSettings};

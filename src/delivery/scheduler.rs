@@ -1,0 +1,524 @@
+//! The scheduler: one queue per endpoint, served round-robin, never more than
+//! an endpoint's cap of requests in flight at once, and never more than the
+//! global cap in total.
+//!
+//! The store is the source of truth; the queues hold only delivery ids, at
+//! most [`QUEUE_CAPACITY`] per endpoint. Work reaches a queue three ways:
+//!
+//! 1. New deliveries, handed over by the API right after their commit.
+//! 2. Retries, found by a scan of the store for deliveries that become due in
+//!    each successive time window.
+//! 3. Refills from the store, for an endpoint marked *backlogged*: one whose
+//!    due work did not fit in its queue, or that had due work at start-up.
+//!
+//! Each endpoint keeps a set of the ids it has queued or in flight, so the
+//! same delivery is never sent twice at once by this process, whichever way
+//! it arrived. A worker re-reads the delivery before sending and skips it
+//! when it is no longer pending and due, so a stale queue entry is harmless.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::retry::RetryPolicy;
+use super::sender::Sender;
+use super::ssrf::NetworkPolicy;
+use super::worker::{self, RunResult, WorkerContext};
+use crate::config::Config;
+use crate::model::{now_ms, Millis};
+use crate::store::deliveries::{self, DueRetry};
+use crate::store::messages::NewDelivery;
+use crate::store::Store;
+
+/// Delivery ids held in memory per endpoint at most; the rest wait in the store.
+pub const QUEUE_CAPACITY: usize = 512;
+/// An endpoint's queue is refilled from the store when it is shorter than this.
+const REFILL_BELOW: usize = QUEUE_CAPACITY / 4;
+/// Refill queries running at once at most.
+const MAX_CONCURRENT_REFILLS: usize = 4;
+/// How often due retries and backlogged endpoints are looked for.
+const TICK: Duration = Duration::from_millis(200);
+/// Rows read per page of the retry scan.
+const RETRY_SCAN_PAGE: usize = 2000;
+/// How far each retry scan reaches back into the previous window.
+const RETRY_SCAN_OVERLAP_MS: Millis = 2000;
+
+/// Settings of the engine, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub max_in_flight_per_endpoint: usize,
+    pub max_in_flight: usize,
+    pub retry: RetryPolicy,
+    pub request_timeout: Duration,
+    pub max_response_bytes: usize,
+    pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
+impl EngineSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_in_flight_per_endpoint: config.max_in_flight_per_endpoint,
+            max_in_flight: config.max_in_flight,
+            retry: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+                max_retry_after: config.max_retry_after,
+            },
+            request_timeout: config.request_timeout,
+            max_response_bytes: config.max_response_bytes,
+            allowed_networks: config.allowed_networks.clone(),
+        }
+    }
+}
+
+enum Event {
+    /// Deliveries just committed by the API.
+    Enqueue(Vec<NewDelivery>),
+    /// A worker finished with a delivery.
+    Finished {
+        endpoint_id: Arc<str>,
+        delivery_id: i64,
+        result: RunResult,
+    },
+    /// A refill query for an endpoint returned.
+    Refilled {
+        endpoint_id: Arc<str>,
+        ids: Vec<i64>,
+        exhausted: bool,
+        generation: u64,
+    },
+    /// A page of the retry scan; `until` is set on the last page of a scan.
+    RetriesDue {
+        retries: Vec<DueRetry>,
+        completed_until: Option<Millis>,
+    },
+    /// Start-up found these endpoints with due work.
+    Backlogged(Vec<String>),
+}
+
+/// Handle to the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Engine {
+    /// Starts the scheduler task. It runs until `shutdown` completes, then
+    /// waits up to `drain` for the attempts in flight to be recorded.
+    pub fn start(
+        store: Store,
+        settings: EngineSettings,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        drain: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let policy = Arc::new(NetworkPolicy::new(settings.allowed_networks.clone()));
+        let context = Arc::new(WorkerContext {
+            store: store.clone(),
+            sender: Sender::new(
+                policy,
+                settings.request_timeout,
+                settings.max_response_bytes,
+            ),
+            policy: settings.retry.clone(),
+        });
+        let scheduler = Scheduler {
+            store,
+            context,
+            settings,
+            queues: HashMap::new(),
+            ring: VecDeque::new(),
+            in_flight: 0,
+            refills_running: 0,
+            retry_scan_running: false,
+            retries_scanned_until: now_ms(),
+            events_tx: events_tx.clone(),
+            workers: JoinSet::new(),
+        };
+        let handle = tokio::spawn(scheduler.run(events_rx, shutdown, drain));
+        (Self { events: events_tx }, handle)
+    }
+
+    /// Hands newly committed deliveries to the scheduler.
+    pub fn enqueue(&self, deliveries: Vec<NewDelivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        // After shutdown the deliveries stay pending in the store and are
+        // picked up at the next start.
+        let _ = self.events.send(Event::Enqueue(deliveries));
+    }
+}
+
+#[derive(Default)]
+struct EndpointQueue {
+    /// Deliveries waiting for a free slot, in arrival order.
+    queued: VecDeque<i64>,
+    /// Deliveries queued or in flight; guards against sending one twice at once.
+    claimed: HashSet<i64>,
+    in_flight: usize,
+    /// Due work may be in the store that is not in `queued`.
+    backlogged: bool,
+    /// Bumped whenever work overflows the queue, so a refill that started
+    /// before the overflow does not clear `backlogged`.
+    overflow_generation: u64,
+    refilling: bool,
+    in_ring: bool,
+}
+
+impl EndpointQueue {
+    fn is_idle(&self) -> bool {
+        self.queued.is_empty() && self.in_flight == 0 && !self.backlogged && !self.refilling
+    }
+}
+
+struct Scheduler {
+    store: Store,
+    context: Arc<WorkerContext>,
+    settings: EngineSettings,
+    queues: HashMap<Arc<str>, EndpointQueue>,
+    /// Endpoints with queued work and a free slot, in round-robin order.
+    ring: VecDeque<Arc<str>>,
+    in_flight: usize,
+    refills_running: usize,
+    retry_scan_running: bool,
+    /// Retries due up to this time have been queued or marked as backlog.
+    retries_scanned_until: Millis,
+    events_tx: mpsc::UnboundedSender<Event>,
+    workers: JoinSet<()>,
+}
+
+impl Scheduler {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        drain: Duration,
+    ) {
+        self.find_backlog_at_start();
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle(event);
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event);
+                    }
+                }
+                _ = ticker.tick() => self.on_tick(),
+                Some(_) = self.workers.join_next(), if !self.workers.is_empty() => {}
+            }
+            self.dispatch();
+        }
+
+        tracing::info!(
+            in_flight = self.in_flight,
+            "delivery engine stopping; waiting for attempts in flight"
+        );
+        let deadline = tokio::time::sleep(drain);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => {
+                    tracing::warn!(in_flight = self.workers.len(), "attempts still in flight at shutdown stay pending and resume at the next start");
+                    self.workers.abort_all();
+                    break;
+                }
+                joined = self.workers.join_next() => if joined.is_none() { break },
+            }
+        }
+        tracing::info!("delivery engine stopped");
+    }
+
+    fn find_backlog_at_start(&self) {
+        let store = self.store.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            match store
+                .read(|conn| deliveries::endpoints_with_due(conn, now_ms()))
+                .await
+            {
+                Ok(endpoints) => {
+                    if !endpoints.is_empty() {
+                        tracing::info!(endpoints = endpoints.len(), "resuming pending deliveries");
+                    }
+                    let _ = events.send(Event::Backlogged(endpoints));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot look for pending deliveries at start")
+                }
+            }
+        });
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Enqueue(deliveries) => {
+                for delivery in deliveries {
+                    self.push(
+                        Arc::from(delivery.endpoint_id.as_str()),
+                        delivery.delivery_id,
+                    );
+                }
+            }
+            Event::Finished {
+                endpoint_id,
+                delivery_id,
+                result,
+            } => self.finish(endpoint_id, delivery_id, result),
+            Event::Refilled {
+                endpoint_id,
+                ids,
+                exhausted,
+                generation,
+            } => {
+                self.refills_running -= 1;
+                let queue = self.queues.entry(endpoint_id.clone()).or_default();
+                queue.refilling = false;
+                for id in ids {
+                    self.push(endpoint_id.clone(), id);
+                }
+                let queue = self
+                    .queues
+                    .get_mut(&endpoint_id)
+                    .expect("push keeps the queue");
+                if exhausted && queue.overflow_generation == generation {
+                    queue.backlogged = false;
+                }
+                self.forget_if_idle(&endpoint_id);
+            }
+            Event::RetriesDue {
+                retries,
+                completed_until,
+            } => {
+                for retry in retries {
+                    self.push(Arc::from(retry.endpoint_id.as_str()), retry.delivery_id);
+                }
+                if let Some(until) = completed_until {
+                    self.retries_scanned_until = until;
+                    self.retry_scan_running = false;
+                }
+            }
+            Event::Backlogged(endpoints) => {
+                for endpoint_id in endpoints {
+                    self.mark_backlogged(Arc::from(endpoint_id.as_str()));
+                }
+            }
+        }
+    }
+
+    /// Queues a delivery, or marks its endpoint as backlogged when the queue is full.
+    fn push(&mut self, endpoint_id: Arc<str>, delivery_id: i64) {
+        let queue = self.queues.entry(endpoint_id.clone()).or_default();
+        if queue.claimed.contains(&delivery_id) {
+            return;
+        }
+        if queue.queued.len() >= QUEUE_CAPACITY {
+            queue.backlogged = true;
+            queue.overflow_generation += 1;
+            return;
+        }
+        queue.queued.push_back(delivery_id);
+        queue.claimed.insert(delivery_id);
+        self.make_ready(&endpoint_id);
+    }
+
+    fn mark_backlogged(&mut self, endpoint_id: Arc<str>) {
+        let queue = self.queues.entry(endpoint_id).or_default();
+        queue.backlogged = true;
+        queue.overflow_generation += 1;
+    }
+
+    fn make_ready(&mut self, endpoint_id: &Arc<str>) {
+        let cap = self.settings.max_in_flight_per_endpoint;
+        if let Some(queue) = self.queues.get_mut(endpoint_id) {
+            if !queue.in_ring && !queue.queued.is_empty() && queue.in_flight < cap {
+                queue.in_ring = true;
+                self.ring.push_back(endpoint_id.clone());
+            }
+        }
+    }
+
+    fn finish(&mut self, endpoint_id: Arc<str>, delivery_id: i64, result: RunResult) {
+        self.in_flight -= 1;
+        if let Some(queue) = self.queues.get_mut(&endpoint_id) {
+            queue.in_flight -= 1;
+            queue.claimed.remove(&delivery_id);
+            if result == RunResult::StoreFailed {
+                // The delivery is still pending in the store; a refill finds it.
+                queue.backlogged = true;
+                queue.overflow_generation += 1;
+            }
+        }
+        self.make_ready(&endpoint_id);
+        self.forget_if_idle(&endpoint_id);
+    }
+
+    /// Drops the state of an endpoint with nothing queued, in flight or pending,
+    /// so memory follows the active endpoints, not all endpoints ever seen.
+    fn forget_if_idle(&mut self, endpoint_id: &Arc<str>) {
+        if self
+            .queues
+            .get(endpoint_id)
+            .is_some_and(|q| q.is_idle() && !q.in_ring)
+        {
+            self.queues.remove(endpoint_id);
+        }
+    }
+
+    /// Starts workers for queued deliveries, one endpoint at a time in turn.
+    fn dispatch(&mut self) {
+        let cap = self.settings.max_in_flight_per_endpoint;
+        while self.in_flight < self.settings.max_in_flight {
+            let Some(endpoint_id) = self.ring.pop_front() else {
+                break;
+            };
+            let Some(queue) = self.queues.get_mut(&endpoint_id) else {
+                continue;
+            };
+            queue.in_ring = false;
+            if queue.in_flight >= cap {
+                continue;
+            }
+            let Some(delivery_id) = queue.queued.pop_front() else {
+                continue;
+            };
+            queue.in_flight += 1;
+            self.in_flight += 1;
+            if !queue.queued.is_empty() && queue.in_flight < cap {
+                queue.in_ring = true;
+                self.ring.push_back(endpoint_id.clone());
+            }
+            let needs_refill =
+                queue.backlogged && !queue.refilling && queue.queued.len() < REFILL_BELOW;
+
+            let context = self.context.clone();
+            let events = self.events_tx.clone();
+            let worker_endpoint = endpoint_id.clone();
+            self.workers.spawn(async move {
+                let result = worker::run(context, delivery_id).await;
+                let _ = events.send(Event::Finished {
+                    endpoint_id: worker_endpoint,
+                    delivery_id,
+                    result,
+                });
+            });
+
+            if needs_refill {
+                self.start_refill(endpoint_id);
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        // Refill backlogged endpoints whose queues run low.
+        let wanting: Vec<Arc<str>> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.backlogged && !q.refilling && q.queued.len() < REFILL_BELOW)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for endpoint_id in wanting {
+            if self.refills_running >= MAX_CONCURRENT_REFILLS {
+                break;
+            }
+            self.start_refill(endpoint_id);
+        }
+
+        if !self.retry_scan_running {
+            self.start_retry_scan();
+        }
+    }
+
+    fn start_refill(&mut self, endpoint_id: Arc<str>) {
+        if self.refills_running >= MAX_CONCURRENT_REFILLS {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(&endpoint_id) else {
+            return;
+        };
+        queue.refilling = true;
+        self.refills_running += 1;
+        let generation = queue.overflow_generation;
+        // Ask for enough rows to fill the queue even after skipping the ones
+        // already claimed.
+        let limit = QUEUE_CAPACITY - queue.queued.len() + queue.claimed.len();
+        let store = self.store.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let id = endpoint_id.to_string();
+            let now = now_ms();
+            let (ids, exhausted) = match store
+                .read(move |conn| deliveries::due_for_endpoint(conn, &id, now, limit))
+                .await
+            {
+                Ok(ids) => {
+                    let exhausted = ids.len() < limit;
+                    (ids, exhausted)
+                }
+                Err(err) => {
+                    tracing::error!(endpoint_id = %endpoint_id, error = %err, "cannot read pending deliveries; will try again");
+                    (Vec::new(), false)
+                }
+            };
+            let _ = events.send(Event::Refilled {
+                endpoint_id,
+                ids,
+                exhausted,
+                generation,
+            });
+        });
+    }
+
+    fn start_retry_scan(&mut self) {
+        self.retry_scan_running = true;
+        // Windows overlap by RETRY_SCAN_OVERLAP_MS so that a retry committed a
+        // little after the scan of its window is still found. Finding one
+        // twice is harmless: the claimed set and the worker's re-read skip it.
+        let after = self.retries_scanned_until - RETRY_SCAN_OVERLAP_MS;
+        let until = now_ms();
+        let store = self.store.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let mut cursor = None;
+            loop {
+                let page = store
+                    .read(move |conn| {
+                        deliveries::retries_due_between(conn, after, until, cursor, RETRY_SCAN_PAGE)
+                    })
+                    .await;
+                match page {
+                    Ok(retries) => {
+                        let last = retries.last().map(|r| (r.next_attempt_at, r.delivery_id));
+                        let done = retries.len() < RETRY_SCAN_PAGE;
+                        let completed_until = done.then_some(until);
+                        let _ = events.send(Event::RetriesDue {
+                            retries,
+                            completed_until,
+                        });
+                        if done {
+                            return;
+                        }
+                        cursor = last;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot scan for due retries; will try again");
+                        // Report no progress so the same window is scanned again.
+                        let _ = events.send(Event::RetriesDue {
+                            retries: Vec::new(),
+                            completed_until: Some(after),
+                        });
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,160 @@
+//! One attempt of one delivery: load it, sign it, send it, classify the
+//! outcome and record the attempt with the delivery's next step.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::retry::{classify, Decision, RetryPolicy};
+use super::sender::{Request, Sender};
+use super::signing::signature_header;
+use crate::model::{ids, now_ms, Attempt, DeliveryStatus};
+use crate::store::deliveries::{self, NextStep};
+use crate::store::{Store, StoreError};
+
+/// What a worker needs, shared by all workers.
+pub struct WorkerContext {
+    pub store: Store,
+    pub sender: Sender,
+    pub policy: RetryPolicy,
+}
+
+/// How a worker run ended, for the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunResult {
+    /// An attempt was made and recorded, or the delivery needed none.
+    Done,
+    /// The store failed; the delivery is still pending and must be picked up again.
+    StoreFailed,
+}
+
+/// Makes one attempt of a delivery, if it is still pending and due.
+pub async fn run(context: Arc<WorkerContext>, delivery_id: i64) -> RunResult {
+    match attempt(&context, delivery_id).await {
+        Ok(()) => RunResult::Done,
+        Err(err) => {
+            tracing::error!(delivery_id, error = %err, "cannot record a delivery attempt; it stays pending");
+            RunResult::StoreFailed
+        }
+    }
+}
+
+async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreError> {
+    let loaded = context
+        .store
+        .read(move |conn| deliveries::load_for_send(conn, delivery_id))
+        .await?;
+    let Some(loaded) = loaded else {
+        return Ok(());
+    };
+    let delivery = loaded.delivery;
+    let now = now_ms();
+    if delivery.status != DeliveryStatus::Pending
+        || delivery.next_attempt_at.is_none_or(|at| at > now)
+    {
+        // Finished or rescheduled since it was queued.
+        return Ok(());
+    }
+    let (endpoint, payload) = match (loaded.endpoint, loaded.message.payload) {
+        (Some(endpoint), Some(payload)) if !endpoint.disabled => (endpoint, payload),
+        (endpoint, payload) => {
+            let reason = match (endpoint, payload) {
+                (None, _) => "endpoint deleted",
+                (Some(_), None) => "payload expunged",
+                _ => "endpoint disabled",
+            };
+            tracing::info!(delivery_id, msg_id = %delivery.msg_id, endpoint_id = %delivery.endpoint_id, reason, "delivery canceled");
+            return context
+                .store
+                .write(move |conn| deliveries::cancel(conn, delivery_id, now))
+                .await;
+        }
+    };
+
+    let timestamp = now / 1000;
+    let body = Bytes::from(payload);
+    let signature = signature_header(
+        &endpoint.signing_secrets(now),
+        &delivery.msg_id,
+        timestamp,
+        &body,
+    );
+    let response = context
+        .sender
+        .send(Request {
+            url: &endpoint.url,
+            msg_id: &delivery.msg_id,
+            timestamp,
+            signature,
+            body,
+            custom_headers: &endpoint.headers,
+        })
+        .await;
+
+    let finished = now_ms();
+    let attempts_made = delivery.attempts + 1;
+    let decision = classify(&response.outcome);
+    let next = match decision {
+        Decision::Succeeded => NextStep::Succeeded,
+        Decision::Gone => NextStep::DisableEndpoint,
+        Decision::Retry { not_before } => {
+            match context.policy.next_delay(attempts_made, not_before) {
+                Some(delay) => NextStep::RetryAt(finished + delay.as_millis() as i64),
+                None => NextStep::GaveUp,
+            }
+        }
+    };
+    let attempt = Attempt {
+        id: ids::new_id(ids::ATTEMPT),
+        delivery_id,
+        msg_id: delivery.msg_id.clone(),
+        endpoint_id: delivery.endpoint_id.clone(),
+        app_id: delivery.app_id.clone(),
+        url: endpoint.url.clone(),
+        status: if decision == Decision::Succeeded {
+            DeliveryStatus::Success
+        } else {
+            DeliveryStatus::Fail
+        },
+        response_status: response.status,
+        response: response.body,
+        response_truncated: response.truncated,
+        duration_ms: response.duration.as_millis() as i64,
+        error_kind: response.error_kind.map(str::to_owned),
+        trigger: delivery.trigger,
+        created_at: now,
+    };
+
+    match next {
+        NextStep::Succeeded => {
+            tracing::debug!(msg_id = %delivery.msg_id, endpoint_id = %delivery.endpoint_id, attempt = attempts_made, "delivered");
+        }
+        NextStep::RetryAt(at) => tracing::warn!(
+            msg_id = %delivery.msg_id,
+            endpoint_id = %delivery.endpoint_id,
+            attempt = attempts_made,
+            status = response.status,
+            error_kind = response.error_kind.unwrap_or(""),
+            retry_in_ms = at - finished,
+            "attempt failed; retry scheduled"
+        ),
+        NextStep::GaveUp => tracing::error!(
+            msg_id = %delivery.msg_id,
+            endpoint_id = %delivery.endpoint_id,
+            attempt = attempts_made,
+            status = response.status,
+            error_kind = response.error_kind.unwrap_or(""),
+            "attempt failed and no retries are left; delivery failed"
+        ),
+        NextStep::DisableEndpoint => tracing::error!(
+            msg_id = %delivery.msg_id,
+            endpoint_id = %delivery.endpoint_id,
+            "endpoint answered 410 Gone; endpoint disabled and its pending deliveries canceled"
+        ),
+    }
+
+    context
+        .store
+        .write(move |conn| deliveries::record_attempt(conn, &attempt, next, finished))
+        .await
+}

@@ -1,0 +1,19 @@
+//! hookd: durable, isolated, signed webhook delivery in one binary.
+//!
+//! The modules, in the order an event flows through them:
+//!
+//! - [`config`]: settings from a TOML file and `HOOKD_` variables, validated once at start.
+//! - [`model`]: ids, applications, event types, endpoints, messages, deliveries and attempts.
+//! - [`api`]: the Svix-compatible REST API (axum routers, auth, one error shape).
+//! - [`store`]: the embedded SQLite store, with group commits on one writer thread.
+//! - [`delivery`]: the per-endpoint scheduler, the HTTP sender, retry policy, signing and SSRF guard.
+//! - [`server`]: wires the store, the delivery engine and the API into a running service.
+//! - [`telemetry`]: logging set-up.
+
+pub mod api;
+pub mod config;
+pub mod delivery;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,142 @@
+//! A running hookd: store, delivery engine and API, started together and
+//! stopped together when the shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, auth::hash_token, AppState};
+use crate::config::Config;
+use crate::delivery::ssrf::NetworkPolicy;
+use crate::delivery::{Engine, EngineSettings};
+use crate::store::{settings, Store};
+
+const ADMIN_TOKEN_HASH_KEY: &str = "admin_token_sha256";
+
+/// Resolves the admin token's hash: the configured token wins; otherwise the
+/// stored hash; otherwise a new token is generated, stored hashed and printed
+/// once on standard output.
+async fn admin_token_hash(store: &Store, configured: Option<&str>) -> anyhow::Result<[u8; 32]> {
+    if let Some(token) = configured {
+        return Ok(hash_token(token));
+    }
+    let stored = store
+        .read(|conn| settings::get(conn, ADMIN_TOKEN_HASH_KEY))
+        .await?;
+    if let Some(hex) = stored {
+        let bytes = decode_hex(&hex).context("the stored admin token hash is invalid")?;
+        return Ok(bytes);
+    }
+    let mut raw = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = format!("hk_{}", encode_hex(&raw));
+    let hash = hash_token(&token);
+    let hex = encode_hex(&hash);
+    store
+        .write(move |conn| settings::put(conn, ADMIN_TOKEN_HASH_KEY, &hex))
+        .await?;
+    println!("Generated admin token (shown only this once; set HOOKD_ADMIN_TOKEN to choose your own): {token}");
+    Ok(hash)
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A server bound to its address and ready to run.
+pub struct Server {
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+}
+
+impl Server {
+    /// Opens the store and binds the listen address.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.data_dir)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Self {
+            listener,
+            config,
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting requests,
+    /// lets attempts in flight finish (up to the request timeout) and closes the store.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            config,
+            store,
+        } = self;
+        let token_hash = admin_token_hash(&store, config.admin_token.as_deref()).await?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let engine_stop = wait_for(stop_rx.clone());
+        let drain = config.request_timeout + Duration::from_secs(1);
+        let (engine, engine_task) = Engine::start(
+            store.clone(),
+            EngineSettings::from_config(&config),
+            engine_stop,
+            drain,
+        );
+
+        let state = AppState {
+            store: store.clone(),
+            engine,
+            network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
+            admin_token_hash: Arc::new(token_hash),
+            max_payload_bytes: config.max_payload_bytes,
+        };
+        let app = api::router(state);
+        tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "hookd started");
+
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(wait_for(stop_rx))
+            .await
+            .context("the HTTP server failed")?;
+
+        let _ = engine_task.await;
+        store.close();
+        tracing::info!("hookd stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}

@@ -1,0 +1,324 @@
+//! Deliveries: one row per (message, endpoint) task, with its retry state.
+//!
+//! A delivery is pending (status 1) while it has an attempt to make, and its
+//! `next_attempt_at` says when. A finished delivery (success, fail or
+//! canceled) has no `next_attempt_at`.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{Result, StoreError};
+use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, Message, Millis, Trigger};
+
+const COLUMNS: &str =
+    "id, msg_id, endpoint_id, app_id, trigger, status, attempts, next_attempt_at, created_at";
+
+fn from_row(row: &Row) -> rusqlite::Result<(Delivery, i64)> {
+    Ok((
+        Delivery {
+            id: row.get(0)?,
+            msg_id: row.get(1)?,
+            endpoint_id: row.get(2)?,
+            app_id: row.get(3)?,
+            trigger: Trigger::from_code(row.get(4)?),
+            status: DeliveryStatus::Pending,
+            attempts: row.get(6)?,
+            next_attempt_at: row.get(7)?,
+            created_at: row.get(8)?,
+        },
+        row.get(5)?,
+    ))
+}
+
+fn finish((mut delivery, status): (Delivery, i64)) -> Result<Delivery> {
+    delivery.status = DeliveryStatus::from_code(status)
+        .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status}")))?;
+    Ok(delivery)
+}
+
+/// Inserts a pending delivery due at `now` and returns its id.
+pub fn insert(
+    conn: &Connection,
+    msg_id: &str,
+    endpoint_id: &str,
+    app_id: &str,
+    trigger: Trigger,
+    now: Millis,
+) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (msg_id, endpoint_id, app_id, trigger, status, attempts, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 1, 0, ?5, ?5, ?5)",
+    )?
+    .execute(params![msg_id, endpoint_id, app_id, trigger as i64, now])?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<Delivery>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?1"))?
+        .query_row([id], from_row)
+        .optional()?
+        .map(finish)
+        .transpose()
+}
+
+/// Everything the sender needs for one attempt.
+#[derive(Debug)]
+pub struct SendContext {
+    pub delivery: Delivery,
+    pub message: Message,
+    /// `None` when the endpoint was deleted.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// Loads a delivery with its message and endpoint.
+pub fn load_for_send(conn: &Connection, id: i64) -> Result<Option<SendContext>> {
+    let Some(delivery) = get(conn, id)? else {
+        return Ok(None);
+    };
+    let Some(message) = super::messages::get(conn, &delivery.app_id, &delivery.msg_id)? else {
+        return Ok(None);
+    };
+    let endpoint = super::endpoints::get_by_id(conn, &delivery.endpoint_id)?;
+    Ok(Some(SendContext {
+        delivery,
+        message,
+        endpoint,
+    }))
+}
+
+/// What to do with a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Succeeded,
+    /// Try again at this time.
+    RetryAt(Millis),
+    /// No retries left.
+    GaveUp,
+    /// The endpoint answered 410 Gone: disable it and cancel what is pending for it.
+    DisableEndpoint,
+}
+
+/// Stores an attempt and moves its delivery to the next step, in one transaction.
+pub fn record_attempt(
+    conn: &Connection,
+    attempt: &Attempt,
+    next: NextStep,
+    now: Millis,
+) -> Result<()> {
+    super::attempts::insert(conn, attempt)?;
+    let (status, next_at) = match next {
+        NextStep::Succeeded => (DeliveryStatus::Success, None),
+        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+        NextStep::GaveUp | NextStep::DisableEndpoint => (DeliveryStatus::Fail, None),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4 WHERE id = ?1",
+    )?
+    .execute(params![attempt.delivery_id, status as i64, next_at, now])?;
+    if next == NextStep::DisableEndpoint {
+        super::endpoints::disable(conn, &attempt.endpoint_id, now)?;
+    }
+    Ok(())
+}
+
+/// Cancels a delivery without an attempt, for example because its endpoint is gone.
+pub fn cancel(conn: &Connection, id: i64, now: Millis) -> Result<()> {
+    conn.execute(
+        "UPDATE deliveries SET status = 4, next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1 AND status = 1",
+        params![id, now],
+    )?;
+    Ok(())
+}
+
+pub fn cancel_pending_for_endpoint(
+    conn: &Connection,
+    endpoint_id: &str,
+    now: Millis,
+) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE deliveries SET status = 4, next_attempt_at = NULL, updated_at = ?2 WHERE endpoint_id = ?1 AND status = 1",
+        params![endpoint_id, now],
+    )?)
+}
+
+/// Ids of an endpoint's deliveries that are due by `now`, oldest due first.
+pub fn due_for_endpoint(
+    conn: &Connection,
+    endpoint_id: &str,
+    now: Millis,
+    limit: usize,
+) -> Result<Vec<i64>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id FROM deliveries WHERE endpoint_id = ?1 AND status = 1 AND next_attempt_at <= ?2
+         ORDER BY next_attempt_at, id LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![endpoint_id, now, limit as i64], |row| row.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A retry that becomes due, for the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRetry {
+    pub delivery_id: i64,
+    pub endpoint_id: String,
+    pub next_attempt_at: Millis,
+}
+
+/// Retries (deliveries with at least one attempt) that become due in
+/// `(after, until]`, ordered by due time then id, starting after `cursor`.
+pub fn retries_due_between(
+    conn: &Connection,
+    after: Millis,
+    until: Millis,
+    cursor: Option<(Millis, i64)>,
+    limit: usize,
+) -> Result<Vec<DueRetry>> {
+    let (cursor_at, cursor_id) = cursor.unwrap_or((after, i64::MIN));
+    let mut statement = conn.prepare_cached(
+        "SELECT id, endpoint_id, next_attempt_at FROM deliveries
+         WHERE status = 1 AND attempts > 0 AND next_attempt_at > ?1 AND next_attempt_at <= ?2
+           AND (next_attempt_at > ?3 OR (next_attempt_at = ?3 AND id > ?4))
+         ORDER BY next_attempt_at, id LIMIT ?5",
+    )?;
+    let rows = statement.query_map(
+        params![after, until, cursor_at, cursor_id, limit as i64],
+        |row| {
+            Ok(DueRetry {
+                delivery_id: row.get(0)?,
+                endpoint_id: row.get(1)?,
+                next_attempt_at: row.get(2)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Endpoints that have at least one pending delivery due by `now`.
+pub fn endpoints_with_due(conn: &Connection, now: Millis) -> Result<Vec<String>> {
+    let mut statement = conn.prepare(
+        "SELECT DISTINCT endpoint_id FROM deliveries WHERE status = 1 AND next_attempt_at <= ?1",
+    )?;
+    let rows = statement.query_map([now], |row| row.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Adds a manual delivery of a message to an endpoint (a resend). Existing
+/// deliveries and their scheduled retries are left as they are.
+pub fn create_manual(
+    conn: &Connection,
+    msg_id: &str,
+    endpoint_id: &str,
+    app_id: &str,
+    now: Millis,
+) -> Result<i64> {
+    insert(conn, msg_id, endpoint_id, app_id, Trigger::Manual, now)
+}
+
+/// Creates a manual delivery for every message of the endpoint, created in
+/// `[since, until)`, whose newest delivery to it failed. Pending deliveries
+/// and their retries are left alone, and each message is recovered once.
+/// Returns the new deliveries in message creation order.
+pub fn recover_failed(
+    conn: &Connection,
+    endpoint_id: &str,
+    since: Millis,
+    until: Option<Millis>,
+    now: Millis,
+) -> Result<Vec<i64>> {
+    let mut statement = conn.prepare(
+        "SELECT d.msg_id, d.app_id FROM deliveries d JOIN messages m ON m.id = d.msg_id
+         WHERE d.endpoint_id = ?1 AND m.created_at >= ?2 AND m.created_at < ?3
+           AND d.id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
+           AND d.status = 2
+         ORDER BY m.id",
+    )?;
+    let failed: Vec<(String, String)> = statement
+        .query_map(
+            params![endpoint_id, since, until.unwrap_or(i64::MAX)],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    failed
+        .iter()
+        .map(|(msg_id, app_id)| create_manual(conn, msg_id, endpoint_id, app_id, now))
+        .collect()
+}
+
+/// Counts of an endpoint's messages by the status of their newest delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub success: u64,
+    pub pending: u64,
+    pub sending: u64,
+    pub fail: u64,
+    pub canceled: u64,
+}
+
+pub fn endpoint_stats(conn: &Connection, endpoint_id: &str) -> Result<EndpointStats> {
+    let mut statement = conn.prepare(
+        "SELECT CASE WHEN d.status = 1 AND d.attempts > 0 THEN 3 ELSE d.status END AS s, COUNT(*) FROM deliveries d
+         WHERE d.endpoint_id = ?1
+           AND d.id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
+         GROUP BY s",
+    )?;
+    let mut stats = EndpointStats::default();
+    let rows = statement.query_map([endpoint_id], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, u64>(1)?))
+    })?;
+    for row in rows {
+        let (status, count) = row?;
+        match DeliveryStatus::from_code(status) {
+            Some(DeliveryStatus::Success) => stats.success = count,
+            Some(DeliveryStatus::Pending) => stats.pending = count,
+            Some(DeliveryStatus::Sending) => stats.sending = count,
+            Some(DeliveryStatus::Fail) => stats.fail = count,
+            Some(DeliveryStatus::Canceled) => stats.canceled = count,
+            None => return Err(StoreError::Corrupt(format!("delivery status {status}"))),
+        }
+    }
+    Ok(stats)
+}
+
+/// A message with the status of its newest delivery to one endpoint.
+#[derive(Debug)]
+pub struct EndpointMessage {
+    pub message: Message,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+}
+
+/// Messages delivered (or being delivered) to an endpoint, newest first.
+pub fn messages_for_endpoint(
+    conn: &Connection,
+    endpoint_id: &str,
+    app_id: &str,
+    page: &super::PageRequest,
+) -> Result<Vec<EndpointMessage>> {
+    let (condition, order) = page.clause("d.msg_id", 2);
+    let mut statement = conn.prepare(&format!(
+        "SELECT d.msg_id, d.status, d.attempts, d.next_attempt_at FROM deliveries d
+         WHERE d.endpoint_id = ?1 AND {condition}
+           AND d.id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
+         {order}"
+    ))?;
+    let rows: Vec<(String, i64, u32, Option<Millis>)> = statement
+        .query_map(params![endpoint_id, page.iterator], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (msg_id, status, attempts, next_attempt_at) in rows {
+        let Some(message) = super::messages::get(conn, app_id, &msg_id)? else {
+            continue;
+        };
+        let status = DeliveryStatus::from_code(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status}")))?;
+        out.push(EndpointMessage {
+            message,
+            status,
+            attempts,
+            next_attempt_at,
+        });
+    }
+    Ok(out)
+}

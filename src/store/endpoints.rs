@@ -1,0 +1,193 @@
+//! Endpoints: the URLs of an application that receive deliveries.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use super::{from_json, to_json, PageRequest, Result, StoreError};
+use crate::model::{ids, Endpoint, Millis, PreviousSecret};
+
+const COLUMNS: &str =
+    "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
+     secret, previous_secrets, metadata, headers, created_at, updated_at";
+
+/// A rotated-out secret as stored in the `previous_secrets` JSON column.
+#[derive(Serialize, Deserialize)]
+struct StoredSecret {
+    secret: String,
+    expires_at: Millis,
+}
+
+struct RawRow {
+    endpoint: Endpoint,
+    event_types: Option<String>,
+    channels: Option<String>,
+    previous_secrets: String,
+    metadata: String,
+    headers: String,
+}
+
+fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        endpoint: Endpoint {
+            id: row.get(0)?,
+            app_id: row.get(1)?,
+            uid: row.get(2)?,
+            url: row.get(3)?,
+            description: row.get(4)?,
+            rate_limit: row.get(5)?,
+            disabled: row.get(6)?,
+            event_types: None,
+            channels: None,
+            secret: row.get(9)?,
+            previous_secrets: Vec::new(),
+            metadata: Default::default(),
+            headers: Default::default(),
+            created_at: row.get(13)?,
+            updated_at: row.get(14)?,
+        },
+        event_types: row.get(7)?,
+        channels: row.get(8)?,
+        previous_secrets: row.get(10)?,
+        metadata: row.get(11)?,
+        headers: row.get(12)?,
+    })
+}
+
+fn finish(raw: RawRow) -> Result<Endpoint> {
+    let mut endpoint = raw.endpoint;
+    endpoint.event_types = raw
+        .event_types
+        .map(|v| from_json(&v, "endpoints.event_types"))
+        .transpose()?;
+    endpoint.channels = raw
+        .channels
+        .map(|v| from_json(&v, "endpoints.channels"))
+        .transpose()?;
+    let previous: Vec<StoredSecret> =
+        from_json(&raw.previous_secrets, "endpoints.previous_secrets")?;
+    endpoint.previous_secrets = previous
+        .into_iter()
+        .map(|s| PreviousSecret {
+            secret: s.secret,
+            expires_at: s.expires_at,
+        })
+        .collect();
+    endpoint.metadata = from_json(&raw.metadata, "endpoints.metadata")?;
+    endpoint.headers = from_json(&raw.headers, "endpoints.headers")?;
+    Ok(endpoint)
+}
+
+fn previous_json(endpoint: &Endpoint) -> String {
+    let stored: Vec<StoredSecret> = endpoint
+        .previous_secrets
+        .iter()
+        .map(|s| StoredSecret {
+            secret: s.secret.clone(),
+            expires_at: s.expires_at,
+        })
+        .collect();
+    to_json(&stored)
+}
+
+/// Inserts a new endpoint, or with `replace` overwrites the one with the same id.
+pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()> {
+    let verb = if replace {
+        "INSERT OR REPLACE"
+    } else {
+        "INSERT"
+    };
+    conn.execute(
+        &format!(
+            "{verb} INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ),
+        params![
+            endpoint.id,
+            endpoint.app_id,
+            endpoint.uid,
+            endpoint.url,
+            endpoint.description,
+            endpoint.rate_limit,
+            endpoint.disabled,
+            endpoint.event_types.as_ref().map(to_json),
+            endpoint.channels.as_ref().map(to_json),
+            endpoint.secret,
+            previous_json(endpoint),
+            to_json(&endpoint.metadata),
+            to_json(&endpoint.headers),
+            endpoint.created_at,
+            endpoint.updated_at
+        ],
+    )
+    .map_err(|err| StoreError::conflict_on(err, "uid"))?;
+    Ok(())
+}
+
+/// Finds an endpoint of an application by its id or, failing that, by its uid.
+pub fn get(conn: &Connection, app_id: &str, id_or_uid: &str) -> Result<Option<Endpoint>> {
+    let mut found = None;
+    if ids::has_prefix(id_or_uid, ids::ENDPOINT) {
+        found = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND id = ?2"),
+                [app_id, id_or_uid],
+                from_row,
+            )
+            .optional()?;
+    }
+    if found.is_none() {
+        found = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND uid = ?2"),
+                [app_id, id_or_uid],
+                from_row,
+            )
+            .optional()?;
+    }
+    found.map(finish).transpose()
+}
+
+/// Finds an endpoint by id alone, for the delivery engine.
+pub fn get_by_id(conn: &Connection, id: &str) -> Result<Option<Endpoint>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM endpoints WHERE id = ?1"),
+        [id],
+        from_row,
+    )
+    .optional()?
+    .map(finish)
+    .transpose()
+}
+
+pub fn list(conn: &Connection, app_id: &str, page: &PageRequest) -> Result<Vec<Endpoint>> {
+    let (condition, order) = page.clause("id", 2);
+    let mut statement = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND {condition} {order}"
+    ))?;
+    let rows = statement.query_map(params![app_id, page.iterator], from_row)?;
+    rows.map(|row| finish(row?)).collect()
+}
+
+/// Every enabled endpoint of an application, for fan-out.
+pub fn list_enabled(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND disabled = 0 ORDER BY id"
+    ))?;
+    let rows = statement.query_map([app_id], from_row)?;
+    rows.map(|row| finish(row?)).collect()
+}
+
+/// Deletes an endpoint and cancels its pending deliveries.
+pub fn delete(conn: &Connection, id: &str, now: Millis) -> Result<bool> {
+    super::deliveries::cancel_pending_for_endpoint(conn, id, now)?;
+    Ok(conn.execute("DELETE FROM endpoints WHERE id = ?1", [id])? > 0)
+}
+
+/// Disables an endpoint (after a 410 Gone) and cancels its pending deliveries.
+pub fn disable(conn: &Connection, id: &str, now: Millis) -> Result<()> {
+    conn.execute(
+        "UPDATE endpoints SET disabled = 1, updated_at = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    super::deliveries::cancel_pending_for_endpoint(conn, id, now)?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Event types: the names of the kinds of events an application can receive.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{from_json, to_json, PageRequest, Result, StoreError};
+use crate::model::EventType;
+
+const COLUMNS: &str =
+    "name, description, archived, deprecated, schemas, group_name, feature_flags, created_at, updated_at";
+
+type RawRow = (EventType, Option<String>, Option<String>);
+
+fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
+    Ok((
+        EventType {
+            name: row.get(0)?,
+            description: row.get(1)?,
+            archived: row.get(2)?,
+            deprecated: row.get(3)?,
+            schemas: None,
+            group_name: row.get(5)?,
+            feature_flags: None,
+            created_at: row.get(7)?,
+            updated_at: row.get(8)?,
+        },
+        row.get(4)?,
+        row.get(6)?,
+    ))
+}
+
+fn finish((mut event_type, schemas, flags): RawRow) -> Result<EventType> {
+    event_type.schemas = schemas
+        .map(|s| from_json(&s, "event_types.schemas"))
+        .transpose()?;
+    event_type.feature_flags = flags
+        .map(|f| from_json(&f, "event_types.feature_flags"))
+        .transpose()?;
+    Ok(event_type)
+}
+
+/// Inserts or, with `replace`, overwrites an event type.
+pub fn save(conn: &Connection, event_type: &EventType, replace: bool) -> Result<()> {
+    let verb = if replace {
+        "INSERT OR REPLACE"
+    } else {
+        "INSERT"
+    };
+    conn.execute(
+        &format!("{verb} INTO event_types ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        params![
+            event_type.name,
+            event_type.description,
+            event_type.archived,
+            event_type.deprecated,
+            event_type.schemas.as_ref().map(to_json),
+            event_type.group_name,
+            event_type.feature_flags.as_ref().map(to_json),
+            event_type.created_at,
+            event_type.updated_at
+        ],
+    )
+    .map_err(|err| StoreError::conflict_on(err, "name"))?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, name: &str) -> Result<Option<EventType>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM event_types WHERE name = ?1"),
+        [name],
+        from_row,
+    )
+    .optional()?
+    .map(finish)
+    .transpose()
+}
+
+pub fn list(
+    conn: &Connection,
+    page: &PageRequest,
+    include_archived: bool,
+) -> Result<Vec<EventType>> {
+    let (condition, order) = page.clause("name", 1);
+    let archived = if include_archived {
+        ""
+    } else {
+        "AND archived = 0"
+    };
+    let mut statement = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM event_types WHERE {condition} {archived} {order}"
+    ))?;
+    let rows = statement.query_map(params![page.iterator], from_row)?;
+    rows.map(|row| finish(row?)).collect()
+}
+
+pub fn delete(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM event_types WHERE name = ?1", [name])? > 0)
+}

@@ -1,0 +1,316 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that batches the jobs waiting in
+//! its queue into a single transaction (a group commit), so one fsync covers
+//! many API calls. Each job runs inside its own savepoint: a job that fails is
+//! rolled back alone and the others in the batch still commit. A caller is
+//! answered only after the commit that holds its job is durable.
+//!
+//! Reads run on a small pool of read-only connections, which WAL mode lets
+//! proceed while the writer commits.
+//!
+//! The operations themselves are plain functions over a `rusqlite::Connection`
+//! in the submodules, called inside [`Store::read`] and [`Store::write`].
+
+pub mod applications;
+pub mod attempts;
+pub mod deliveries;
+pub mod endpoints;
+pub mod event_types;
+pub mod messages;
+mod schema;
+pub mod settings;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+/// Jobs taken into one transaction at most.
+const MAX_BATCH_JOBS: usize = 2048;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+/// A failure of a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A unique value is already taken; the string names the field.
+    #[error("{0} is already in use")]
+    Conflict(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("the database could not run the write; see the log")]
+    Unavailable,
+    #[error("cannot open the database at {path}: {message}")]
+    Open { path: PathBuf, message: String },
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to [`StoreError::Conflict`] naming `field`.
+    pub fn conflict_on(err: rusqlite::Error, field: &str) -> Self {
+        match &err {
+            rusqlite::Error::SqliteFailure(code, _)
+                if code.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Self::Conflict(field.to_owned())
+            }
+            _ => Self::Sqlite(err),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+type Reply = Box<dyn FnOnce(Result<(), Arc<String>>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// Queue of the writer thread; dropping the last sender stops the thread.
+    writer: Mutex<Option<std_mpsc::Sender<Job>>>,
+    /// Idle read-only connections.
+    readers: Mutex<Vec<Connection>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (and creates or migrates) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|err| StoreError::Open {
+            path: data_dir.to_owned(),
+            message: err.to_string(),
+        })?;
+        let path = data_dir.join("hookd.sqlite3");
+        let conn = open_connection(&path, false)?;
+        schema::migrate(&conn)?;
+
+        let (sender, receiver) = std_mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("hookd-store-writer".into())
+            .spawn(move || run_writer(conn, receiver))
+            .map_err(|err| StoreError::Open {
+                path: path.clone(),
+                message: format!("cannot start the writer thread: {err}"),
+            })?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(sender)),
+                readers: Mutex::new(Vec::new()),
+                writer_thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Path of the SQLite file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in the next group commit and returns its result once that
+    /// commit is durable. When `f` fails, its changes are rolled back.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply_to, reply) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let outcome = run_in_savepoint(conn, f);
+            Box::new(move |commit: Result<(), Arc<String>>| {
+                let result = match commit {
+                    Ok(()) => outcome,
+                    Err(message) => Err(StoreError::Corrupt(format!("commit failed: {message}"))),
+                };
+                let _ = reply_to.send(result);
+            })
+        });
+        {
+            let writer = self
+                .inner
+                .writer
+                .lock()
+                .expect("writer lock is never poisoned");
+            let Some(writer) = writer.as_ref() else {
+                return Err(StoreError::Closed);
+            };
+            writer.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        reply.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Runs `f` on a read-only connection on the blocking thread pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner
+                .readers
+                .lock()
+                .expect("reader pool lock is never poisoned")
+                .pop()
+            {
+                Some(conn) => conn,
+                None => open_connection(&inner.path, true)?,
+            };
+            let result = f(&conn);
+            let mut idle = inner
+                .readers
+                .lock()
+                .expect("reader pool lock is never poisoned");
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops the writer after the jobs already queued have committed.
+    pub fn close(&self) {
+        self.inner
+            .writer
+            .lock()
+            .expect("writer lock is never poisoned")
+            .take();
+        if let Some(thread) = self
+            .inner
+            .writer_thread
+            .lock()
+            .expect("thread lock is never poisoned")
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|err| StoreError::Open {
+        path: path.to_owned(),
+        message: err.to_string(),
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL syncs the WAL on every commit, so a commit that returned survives
+        // a power loss, not only a crash of the process.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    Ok(conn)
+}
+
+fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let outcome = f(conn);
+    match &outcome {
+        Ok(_) => conn.execute_batch("RELEASE job")?,
+        Err(_) => conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
+    }
+    outcome
+}
+
+/// The writer thread: takes every queued job into one transaction, commits,
+/// then answers each job's caller.
+fn run_writer(conn: Connection, jobs: std_mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let started = Instant::now();
+        let mut replies: Vec<Reply> = Vec::new();
+
+        if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the job drops its reply channel, so its caller gets
+            // `StoreError::Unavailable`.
+            tracing::error!(error = %err, "cannot begin a transaction; the write is rejected");
+            drop(first);
+            continue;
+        }
+        replies.push(first(&conn));
+        while replies.len() < MAX_BATCH_JOBS {
+            match jobs.try_recv() {
+                Ok(job) => replies.push(job(&conn)),
+                Err(_) => break,
+            }
+        }
+
+        let commit = conn.execute_batch("COMMIT").map_err(|err| {
+            tracing::error!(error = %err, jobs = replies.len(), "commit failed; the batch is rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+            Arc::new(err.to_string())
+        });
+        tracing::trace!(
+            jobs = replies.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// Decodes a JSON text column.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|err| StoreError::Corrupt(format!("column {column}: {err}")))
+}
+
+/// Encodes a value for a JSON text column.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("maps and lists of strings always serialize")
+}
+
+/// One page of a list, in id order.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    /// Rows to return; one more is fetched to tell whether the list is done.
+    pub limit: usize,
+    /// Return rows after this id (in the list's order).
+    pub iterator: Option<String>,
+    /// Newest first instead of oldest first.
+    pub descending: bool,
+}
+
+impl PageRequest {
+    /// The SQL condition and order for paging on `column`, with `?N` as the iterator placeholder.
+    pub(crate) fn clause(&self, column: &str, placeholder: usize) -> (String, String) {
+        let (cmp, order) = if self.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        let condition = match self.iterator {
+            Some(_) => format!("{column} {cmp} ?{placeholder}"),
+            None => format!("?{placeholder} IS NULL"),
+        };
+        (
+            condition,
+            format!("ORDER BY {column} {order} LIMIT {}", self.limit + 1),
+        )
+    }
+}
