@@ -19,8 +19,8 @@ use crate::store::{settings, Store};
 
 const ADMIN_TOKEN_HASH_KEY: &str = "admin_token_sha256";
 
-/// Resolves the admin token's hash: the configured token wins; otherwise the
-/// stored hash; otherwise a new token is generated, stored hashed and printed
+/// Resolves the admin token's hash. A configured token wins over the stored
+/// hash. With neither, a new token is generated, stored hashed and printed
 /// once on standard output.
 async fn admin_token_hash(store: &Store, configured: Option<&str>) -> anyhow::Result<[u8; 32]> {
     if let Some(token) = configured {

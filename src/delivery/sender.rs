@@ -34,7 +34,7 @@ pub struct Request<'a> {
     pub custom_headers: &'a BTreeMap<String, String>,
 }
 
-/// What came back from one request.
+/// The result of one request.
 #[derive(Debug)]
 pub struct Response {
     pub outcome: Outcome,

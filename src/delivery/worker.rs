@@ -12,14 +12,14 @@ use crate::model::{ids, now_ms, Attempt, DeliveryStatus};
 use crate::store::deliveries::{self, NextStep};
 use crate::store::{Store, StoreError};
 
-/// What a worker needs, shared by all workers.
+/// Shared state of all workers.
 pub struct WorkerContext {
     pub store: Store,
     pub sender: Sender,
     pub policy: RetryPolicy,
 }
 
-/// How a worker run ended, for the scheduler.
+/// The end state of a worker run, for the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunResult {
     /// An attempt was made and recorded, or the delivery needed none.

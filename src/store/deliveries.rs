@@ -1,7 +1,7 @@
 //! Deliveries: one row per (message, endpoint) task, with its retry state.
 //!
 //! A delivery is pending (status 1) while it has an attempt to make, and its
-//! `next_attempt_at` says when. A finished delivery (success, fail or
+//! `next_attempt_at` is the time it is due. A finished delivery (success, fail or
 //! canceled) has no `next_attempt_at`.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -85,7 +85,7 @@ pub fn load_for_send(conn: &Connection, id: i64) -> Result<Option<SendContext>> 
     }))
 }
 
-/// What to do with a delivery after an attempt.
+/// The next step of a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextStep {
     Succeeded,
@@ -93,7 +93,7 @@ pub enum NextStep {
     RetryAt(Millis),
     /// No retries left.
     GaveUp,
-    /// The endpoint answered 410 Gone: disable it and cancel what is pending for it.
+    /// The endpoint returned 410 Gone, so disable it and cancel its pending deliveries.
     DisableEndpoint,
 }
 

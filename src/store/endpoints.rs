@@ -167,7 +167,7 @@ pub fn list(conn: &Connection, app_id: &str, page: &PageRequest) -> Result<Vec<E
     rows.map(|row| finish(row?)).collect()
 }
 
-/// Every enabled endpoint of an application, for fan-out.
+/// Lists every enabled endpoint of an application, for fan-out.
 pub fn list_enabled(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND disabled = 0 ORDER BY id"

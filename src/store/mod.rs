@@ -3,8 +3,8 @@
 //! All writes go through one writer thread that batches the jobs waiting in
 //! its queue into a single transaction (a group commit), so one fsync covers
 //! many API calls. Each job runs inside its own savepoint: a job that fails is
-//! rolled back alone and the others in the batch still commit. A caller is
-//! answered only after the commit that holds its job is durable.
+//! rolled back alone and the others in the batch still commit. A caller gets
+//! its result only after the commit that contains its job is durable.
 //!
 //! Reads run on a small pool of read-only connections, which WAL mode lets
 //! proceed while the writer commits.
@@ -236,8 +236,8 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     outcome
 }
 
-/// The writer thread: takes every queued job into one transaction, commits,
-/// then answers each job's caller.
+/// Runs the writer thread: takes every queued job into one transaction,
+/// commits, then sends each job's result to its caller.
 fn run_writer(conn: Connection, jobs: std_mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let started = Instant::now();
@@ -297,7 +297,7 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// The SQL condition and order for paging on `column`, with `?N` as the iterator placeholder.
+    /// Builds the SQL condition and order for paging on `column`, with `?N` as the iterator placeholder.
     pub(crate) fn clause(&self, column: &str, placeholder: usize) -> (String, String) {
         let (cmp, order) = if self.descending {
             ("<", "DESC")

@@ -1,6 +1,6 @@
 //! Versioned schema migrations, applied in order at open.
 //!
-//! `PRAGMA user_version` holds the number of migrations applied. A migration
+//! `PRAGMA user_version` stores the number of migrations applied. A migration
 //! is never edited once released; a change to the schema is a new entry.
 
 use rusqlite::Connection;
