@@ -70,6 +70,10 @@ struct EndpointIn {
     metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
     headers: Option<BTreeMap<String, String>>,
+    /// hookd extension: delays before each retry, such as `["5s", "1m"]`,
+    /// overriding the global `retry_schedule` for this endpoint.
+    #[serde(default)]
+    retry_schedule: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +91,8 @@ struct EndpointPatch {
     #[serde(default, with = "double_option")]
     channels: Option<Option<Vec<String>>>,
     metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, with = "double_option")]
+    retry_schedule: Option<Option<Vec<String>>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,6 +109,8 @@ pub struct EndpointOut {
     pub filter_types: Option<Vec<String>>,
     pub channels: Option<Vec<String>>,
     pub metadata: BTreeMap<String, String>,
+    /// The endpoint's own retry schedule, or `null` for the global one.
+    pub retry_schedule: Option<Vec<String>>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -121,6 +129,12 @@ impl From<Endpoint> for EndpointOut {
             event_types: e.event_types,
             channels: e.channels,
             metadata: e.metadata,
+            retry_schedule: e.retry_schedule_ms.map(|delays| {
+                delays
+                    .into_iter()
+                    .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
+                    .collect()
+            }),
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
         }
@@ -144,6 +158,13 @@ fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
     validate::metadata("metadata", &endpoint.metadata)?;
     validate::headers("headers", &endpoint.headers)?;
     Ok(())
+}
+
+/// Parses an endpoint's retry schedule, such as `["5s", "1m"]`, into milliseconds.
+fn parse_retry_schedule(delays: &[String]) -> ApiResult<Vec<u64>> {
+    crate::config::parse_schedule(&delays.join(","))
+        .map(|schedule| schedule.iter().map(|d| d.as_millis() as u64).collect())
+        .map_err(|reason| ApiError::field("retrySchedule", format!("{reason}; example: [\"30s\", \"5m\", \"1h\"]")))
 }
 
 /// Loads an endpoint of an application by id or uid, or returns 404.
@@ -180,6 +201,7 @@ fn endpoint_from_input(app_id: &str, input: EndpointIn) -> ApiResult<Endpoint> {
         previous_secrets: Vec::new(),
         metadata: input.metadata.unwrap_or_default(),
         headers: input.headers.unwrap_or_default(),
+        retry_schedule_ms: input.retry_schedule.as_deref().map(parse_retry_schedule).transpose()?,
         created_at: now,
         updated_at: now,
     })
@@ -305,6 +327,9 @@ async fn patch(
     }
     if let Some(metadata) = input.metadata {
         endpoint.metadata = metadata;
+    }
+    if let Some(schedule) = input.retry_schedule {
+        endpoint.retry_schedule_ms = schedule.as_deref().map(parse_retry_schedule).transpose()?;
     }
     endpoint.updated_at = now_ms();
     check(&state, &mut endpoint)?;

@@ -60,6 +60,15 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Returns this policy with another schedule, in milliseconds, as an
+    /// endpoint's own schedule overrides the global one.
+    pub fn with_schedule_ms(&self, schedule_ms: &[u64]) -> Self {
+        Self {
+            schedule: schedule_ms.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            max_retry_after: self.max_retry_after,
+        }
+    }
+
     /// Returns the delay before the next attempt after `attempts_made`
     /// attempts, or `None` when the schedule is used up.
     ///

@@ -98,7 +98,15 @@ async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreE
         Decision::Succeeded => NextStep::Succeeded,
         Decision::Gone => NextStep::DisableEndpoint,
         Decision::Retry { not_before } => {
-            match context.policy.next_delay(attempts_made, not_before) {
+            let endpoint_policy;
+            let policy = match &endpoint.retry_schedule_ms {
+                Some(schedule) => {
+                    endpoint_policy = context.policy.with_schedule_ms(schedule);
+                    &endpoint_policy
+                }
+                None => &context.policy,
+            };
+            match policy.next_delay(attempts_made, not_before) {
                 Some(delay) => NextStep::RetryAt(finished + delay.as_millis() as i64),
                 None => NextStep::GaveUp,
             }

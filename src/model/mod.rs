@@ -63,6 +63,8 @@ pub struct Endpoint {
     pub metadata: BTreeMap<String, String>,
     /// Custom headers added to every delivery.
     pub headers: BTreeMap<String, String>,
+    /// Delays before each retry, overriding the global schedule; `None` uses the global one.
+    pub retry_schedule_ms: Option<Vec<u64>>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

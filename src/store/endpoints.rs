@@ -8,7 +8,7 @@ use crate::model::{ids, Endpoint, Millis, PreviousSecret};
 
 const COLUMNS: &str =
     "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
-     secret, previous_secrets, metadata, headers, created_at, updated_at";
+     secret, previous_secrets, metadata, headers, retry_schedule_ms, created_at, updated_at";
 
 /// A rotated-out secret as stored in the `previous_secrets` JSON column.
 #[derive(Serialize, Deserialize)]
@@ -24,6 +24,7 @@ struct RawRow {
     previous_secrets: String,
     metadata: String,
     headers: String,
+    retry_schedule: Option<String>,
 }
 
 fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
@@ -42,14 +43,16 @@ fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
             previous_secrets: Vec::new(),
             metadata: Default::default(),
             headers: Default::default(),
-            created_at: row.get(13)?,
-            updated_at: row.get(14)?,
+            retry_schedule_ms: None,
+            created_at: row.get(14)?,
+            updated_at: row.get(15)?,
         },
         event_types: row.get(7)?,
         channels: row.get(8)?,
         previous_secrets: row.get(10)?,
         metadata: row.get(11)?,
         headers: row.get(12)?,
+        retry_schedule: row.get(13)?,
     })
 }
 
@@ -74,6 +77,10 @@ fn finish(raw: RawRow) -> Result<Endpoint> {
         .collect();
     endpoint.metadata = from_json(&raw.metadata, "endpoints.metadata")?;
     endpoint.headers = from_json(&raw.headers, "endpoints.headers")?;
+    endpoint.retry_schedule_ms = raw
+        .retry_schedule
+        .map(|v| from_json(&v, "endpoints.retry_schedule_ms"))
+        .transpose()?;
     Ok(endpoint)
 }
 
@@ -98,7 +105,7 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
     };
     conn.execute(
         &format!(
-            "{verb} INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            "{verb} INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ),
         params![
             endpoint.id,
@@ -114,6 +121,7 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
             previous_json(endpoint),
             to_json(&endpoint.metadata),
             to_json(&endpoint.headers),
+            endpoint.retry_schedule_ms.as_ref().map(to_json),
             endpoint.created_at,
             endpoint.updated_at
         ],

@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
         previous_secrets TEXT NOT NULL,
         metadata TEXT NOT NULL,
         headers TEXT NOT NULL,
+        retry_schedule_ms TEXT,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL,
         UNIQUE (app_id, uid)
