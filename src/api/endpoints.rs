@@ -132,7 +132,9 @@ impl From<Endpoint> for EndpointOut {
             retry_schedule: e.retry_schedule_ms.map(|delays| {
                 delays
                     .into_iter()
-                    .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
+                    .map(|ms| {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    })
                     .collect()
             }),
             created_at: rfc3339(e.created_at),
@@ -164,7 +166,12 @@ fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
 fn parse_retry_schedule(delays: &[String]) -> ApiResult<Vec<u64>> {
     crate::config::parse_schedule(&delays.join(","))
         .map(|schedule| schedule.iter().map(|d| d.as_millis() as u64).collect())
-        .map_err(|reason| ApiError::field("retrySchedule", format!("{reason}; example: [\"30s\", \"5m\", \"1h\"]")))
+        .map_err(|reason| {
+            ApiError::field(
+                "retrySchedule",
+                format!("{reason}; example: [\"30s\", \"5m\", \"1h\"]"),
+            )
+        })
 }
 
 /// Loads an endpoint of an application by id or uid, or returns 404.
@@ -201,7 +208,11 @@ fn endpoint_from_input(app_id: &str, input: EndpointIn) -> ApiResult<Endpoint> {
         previous_secrets: Vec::new(),
         metadata: input.metadata.unwrap_or_default(),
         headers: input.headers.unwrap_or_default(),
-        retry_schedule_ms: input.retry_schedule.as_deref().map(parse_retry_schedule).transpose()?,
+        retry_schedule_ms: input
+            .retry_schedule
+            .as_deref()
+            .map(parse_retry_schedule)
+            .transpose()?,
         created_at: now,
         updated_at: now,
     })

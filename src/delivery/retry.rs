@@ -64,7 +64,10 @@ impl RetryPolicy {
     /// endpoint's own schedule overrides the global one.
     pub fn with_schedule_ms(&self, schedule_ms: &[u64]) -> Self {
         Self {
-            schedule: schedule_ms.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            schedule: schedule_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
             max_retry_after: self.max_retry_after,
         }
     }

@@ -31,8 +31,9 @@ use tokio::sync::oneshot;
 
 /// Jobs taken into one transaction at most.
 const MAX_BATCH_JOBS: usize = 2048;
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
+/// Read connections in use at once at most; further reads wait their turn
+/// instead of opening more connections and blocking more threads.
+const MAX_READERS: usize = 8;
 
 /// A failure of a store operation.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,8 @@ struct Inner {
     writer: Mutex<Option<std_mpsc::Sender<Job>>>,
     /// Idle read-only connections.
     readers: Mutex<Vec<Connection>>,
+    /// One permit per read that may run at once.
+    read_permits: tokio::sync::Semaphore,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -111,6 +114,7 @@ impl Store {
                 path,
                 writer: Mutex::new(Some(sender)),
                 readers: Mutex::new(Vec::new()),
+                read_permits: tokio::sync::Semaphore::new(MAX_READERS),
                 writer_thread: Mutex::new(Some(thread)),
             }),
         })
@@ -159,29 +163,35 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        let permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = match inner
+        let result = tokio::task::spawn_blocking(move || {
+            let idle = inner
                 .readers
                 .lock()
                 .expect("reader pool lock is never poisoned")
-                .pop()
-            {
+                .pop();
+            let conn = match idle {
                 Some(conn) => conn,
                 None => open_connection(&inner.path, true)?,
             };
             let result = f(&conn);
-            let mut idle = inner
+            inner
                 .readers
                 .lock()
-                .expect("reader pool lock is never poisoned");
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
+                .expect("reader pool lock is never poisoned")
+                .push(conn);
             result
         })
         .await
-        .map_err(|_| StoreError::Closed)?
+        .map_err(|_| StoreError::Closed)?;
+        drop(permit);
+        result
     }
 
     /// Stops the writer after the jobs already queued have committed.
