@@ -324,3 +324,6 @@ impl PageRequest {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+//! Tests of the store operations against a real SQLite file.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::model::{ids, Attempt, DeliveryStatus, Endpoint, Message, Trigger};
+
+fn endpoint(app_id: &str, event_types: Option<Vec<&str>>) -> Endpoint {
+    Endpoint {
+        id: ids::new_id(ids::ENDPOINT),
+        app_id: app_id.to_owned(),
+        uid: None,
+        url: "http://127.0.0.1:9/".to_owned(),
+        description: String::new(),
+        rate_limit: None,
+        disabled: false,
+        event_types: event_types.map(|t| t.into_iter().map(str::to_owned).collect()),
+        channels: None,
+        secret: crate::model::secret::generate(),
+        previous_secrets: Vec::new(),
+        metadata: BTreeMap::new(),
+        headers: BTreeMap::new(),
+        retry_schedule_ms: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn message(app_id: &str, event_type: &str, event_id: Option<&str>, created_at: i64) -> Message {
+    Message {
+        id: ids::new_id(ids::MESSAGE),
+        app_id: app_id.to_owned(),
+        event_type: event_type.to_owned(),
+        event_id: event_id.map(str::to_owned),
+        channels: None,
+        tags: None,
+        payload: Some(r#"{"a":"\u2028"}"#.to_owned()),
+        created_at,
+    }
+}
+
+fn failed_attempt(delivery_id: i64, msg_id: &str, endpoint_id: &str, app_id: &str) -> Attempt {
+    Attempt {
+        id: ids::new_id(ids::ATTEMPT),
+        delivery_id,
+        msg_id: msg_id.to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
+        app_id: app_id.to_owned(),
+        url: "http://127.0.0.1:9/".to_owned(),
+        status: DeliveryStatus::Fail,
+        response_status: 500,
+        response: String::new(),
+        response_truncated: false,
+        duration_ms: 1,
+        error_kind: None,
+        trigger: Trigger::Scheduled,
+        created_at: 10,
+    }
+}
+
+#[tokio::test]
+async fn fan_out_matches_event_type_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let all = endpoint("app_1", None);
+    let only_b = endpoint("app_1", Some(vec!["b"]));
+    let (all_id, only_b_id) = (all.id.clone(), only_b.id.clone());
+    store
+        .write(move |conn| {
+            endpoints::save(conn, &all, false)?;
+            endpoints::save(conn, &only_b, false)
+        })
+        .await
+        .unwrap();
+
+    let created = store
+        .write(|conn| messages::create(conn, message("app_1", "a", None, 5)))
+        .await
+        .unwrap();
+    let targets: Vec<&str> = created
+        .deliveries
+        .iter()
+        .map(|d| d.endpoint_id.as_str())
+        .collect();
+    assert_eq!(targets, vec![all_id.as_str()]);
+
+    let created = store
+        .write(|conn| messages::create(conn, message("app_1", "b", None, 6)))
+        .await
+        .unwrap();
+    let mut targets: Vec<String> = created
+        .deliveries
+        .into_iter()
+        .map(|d| d.endpoint_id)
+        .collect();
+    targets.sort();
+    let mut expected = vec![all_id, only_b_id];
+    expected.sort();
+    assert_eq!(targets, expected);
+}
+
+#[tokio::test]
+async fn repeated_event_id_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+
+    let first = store
+        .write(|conn| messages::create(conn, message("app_1", "a", Some("e1"), 5)))
+        .await
+        .unwrap();
+    let second = store
+        .write(|conn| messages::create(conn, message("app_1", "a", Some("e1"), 6)))
+        .await
+        .unwrap();
+    assert!(first.is_new);
+    assert!(!second.is_new);
+    assert_eq!(second.message.id, first.message.id);
+    assert_eq!(first.deliveries.len(), 1);
+    assert!(second.deliveries.is_empty());
+
+    // The same event id in another application is another message.
+    let other = store
+        .write(|conn| messages::create(conn, message("app_2", "a", Some("e1"), 7)))
+        .await
+        .unwrap();
+    assert!(other.is_new);
+}
+
+#[tokio::test]
+async fn failed_job_rolls_back_alone_in_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut jobs = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        jobs.push(tokio::spawn(async move {
+            store
+                .write(move |conn| {
+                    settings::put(conn, &format!("key{n}"), "value")?;
+                    if n % 2 == 1 {
+                        return Err(StoreError::Conflict("odd".to_owned()));
+                    }
+                    Ok(())
+                })
+                .await
+        }));
+    }
+    for (n, job) in jobs.into_iter().enumerate() {
+        let result = job.await.unwrap();
+        assert_eq!(result.is_ok(), n % 2 == 0, "job {n}: {result:?}");
+    }
+    for n in 0..20 {
+        let value = store
+            .read(move |conn| settings::get(conn, &format!("key{n}")))
+            .await
+            .unwrap();
+        assert_eq!(value.is_some(), n % 2 == 0, "key{n}");
+    }
+}
+
+#[tokio::test]
+async fn writes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let created = store
+        .write(|conn| messages::create(conn, message("app_1", "a", None, 5)))
+        .await
+        .unwrap();
+    store.close();
+
+    let reopened = Store::open(dir.path()).unwrap();
+    let id = created.message.id.clone();
+    let found = reopened
+        .read(move |conn| messages::get(conn, "app_1", &id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.payload.as_deref(), Some(r#"{"a":"\u2028"}"#));
+}
+
+#[tokio::test]
+async fn recover_takes_only_failed_messages_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+
+    // Three messages: the first fails for good, the second has a retry pending,
+    // the third failed before `since`.
+    let mut delivery_ids = Vec::new();
+    let mut msg_ids = Vec::new();
+    for created_at in [100, 200, 10] {
+        let created = store
+            .write(move |conn| messages::create(conn, message("app_1", "a", None, created_at)))
+            .await
+            .unwrap();
+        delivery_ids.push(created.deliveries[0].delivery_id);
+        msg_ids.push(created.message.id);
+    }
+    for (index, next) in [
+        (0, deliveries::NextStep::GaveUp),
+        (1, deliveries::NextStep::RetryAt(1_000)),
+        (2, deliveries::NextStep::GaveUp),
+    ] {
+        let attempt = failed_attempt(delivery_ids[index], &msg_ids[index], &ep_id, "app_1");
+        store
+            .write(move |conn| deliveries::record_attempt(conn, &attempt, next, 20))
+            .await
+            .unwrap();
+    }
+
+    let id = ep_id.clone();
+    let recovered = store
+        .write(move |conn| deliveries::recover_failed(conn, &id, 50, None, 300))
+        .await
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    let delivery = store
+        .read(move |conn| deliveries::get(conn, recovered[0]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.msg_id, msg_ids[0]);
+    assert_eq!(delivery.trigger, Trigger::Manual);
+    assert_eq!(delivery.status, DeliveryStatus::Pending);
+
+    // The pending retry is untouched.
+    let pending = delivery_ids[1];
+    let retry = store
+        .read(move |conn| deliveries::get(conn, pending))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retry.next_attempt_at, Some(1_000));
+
+    // A second recover finds the first message pending again, so adds nothing.
+    let id = ep_id.clone();
+    let again = store
+        .write(move |conn| deliveries::recover_failed(conn, &id, 50, None, 301))
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn retry_scan_returns_each_window_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+    for (created_at, retry_at) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+        let created = store
+            .write(move |conn| messages::create(conn, message("app_1", "a", None, created_at)))
+            .await
+            .unwrap();
+        let attempt = failed_attempt(
+            created.deliveries[0].delivery_id,
+            &created.message.id,
+            &ep_id,
+            "app_1",
+        );
+        store
+            .write(move |conn| {
+                deliveries::record_attempt(
+                    conn,
+                    &attempt,
+                    deliveries::NextStep::RetryAt(retry_at),
+                    5,
+                )
+            })
+            .await
+            .unwrap();
+    }
+    let due = |after, until| {
+        let store = store.clone();
+        async move {
+            store
+                .read(move |conn| deliveries::retries_due_between(conn, after, until, None, 100))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.next_attempt_at)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(due(0, 1_500).await, vec![1_000]);
+    assert_eq!(due(1_500, 3_000).await, vec![2_000, 3_000]);
+    assert!(due(3_000, 9_000).await.is_empty());
+}
