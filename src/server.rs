@@ -99,6 +99,8 @@ impl Server {
             config,
             store,
         } = self;
+        // Install the metrics recorder before anything records.
+        crate::telemetry::metrics_handle();
         let token_hash = admin_token_hash(&store, config.admin_token.as_deref()).await?;
 
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -15,3 +15,52 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Metric names, all prefixed `hookd_`. Label values come from small fixed
+/// sets; there are no per-endpoint or per-application labels.
+pub mod metric {
+    /// Counter: messages stored by the API.
+    pub const MESSAGES_ACCEPTED: &str = "hookd_messages_accepted_total";
+    /// Counter: messages not stored again because their event id was known.
+    pub const MESSAGES_DEDUPLICATED: &str = "hookd_messages_deduplicated_total";
+    /// Counter, label `outcome`: success, retry, failed, gone, canceled.
+    pub const DELIVERY_OUTCOMES: &str = "hookd_delivery_outcomes_total";
+    /// Histogram: seconds per attempt, connect to last byte read.
+    pub const ATTEMPT_DURATION: &str = "hookd_attempt_duration_seconds";
+    /// Gauge: deliveries queued in memory, waiting for a free slot.
+    pub const QUEUED: &str = "hookd_queued_deliveries";
+    /// Gauge: requests in flight.
+    pub const IN_FLIGHT: &str = "hookd_in_flight_requests";
+    /// Gauge: endpoints with more due work in the store than in memory.
+    pub const BACKLOGGED_ENDPOINTS: &str = "hookd_backlogged_endpoints";
+    /// Histogram: seconds per group commit, from BEGIN to the end of COMMIT.
+    pub const STORE_COMMIT_DURATION: &str = "hookd_store_commit_duration_seconds";
+    /// Histogram: jobs per group commit.
+    pub const STORE_COMMIT_JOBS: &str = "hookd_store_commit_jobs";
+    /// Counter, label `operation`: begin, commit, record_attempt, refill, retry_scan.
+    pub const STORE_ERRORS: &str = "hookd_store_errors_total";
+}
+
+/// Installs the Prometheus recorder once per process and returns the handle
+/// that renders `/metrics`.
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            let seconds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let jobs = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(metric::ATTEMPT_DURATION.to_owned()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(metric::STORE_COMMIT_DURATION.to_owned()), &seconds))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(metric::STORE_COMMIT_JOBS.to_owned()), &jobs))
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed, by an embedding
+            // program; then this handle renders nothing, but nothing breaks.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

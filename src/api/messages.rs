@@ -16,6 +16,7 @@ use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{ids, now_ms, Application, DeliveryStatus, Message, Millis};
 use crate::store::messages::{self as store, MessageFilter, NewDelivery};
 use crate::store::{applications, deliveries, endpoints};
+use crate::telemetry::metric;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -180,6 +181,11 @@ async fn create(
         .store
         .write(move |conn| store::create(conn, message))
         .await?;
+    if created.is_new {
+        metrics::counter!(metric::MESSAGES_ACCEPTED).increment(1);
+    } else {
+        metrics::counter!(metric::MESSAGES_DEDUPLICATED).increment(1);
+    }
     state.engine.enqueue(created.deliveries);
     Ok((
         StatusCode::ACCEPTED,

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
         .route("/api/v1/health", get(health_no_content))
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -67,6 +68,12 @@ pub fn router(state: AppState) -> Router {
 
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Renders the Prometheus metrics. Like `/health`, it needs no token: it
+/// shows counts and timings only, never ids, payloads or secrets.
+async fn render_metrics() -> String {
+    crate::telemetry::metrics_handle().render()
 }
 
 async fn health_no_content() -> StatusCode {

@@ -32,6 +32,7 @@ use crate::model::{now_ms, Millis};
 use crate::store::deliveries::{self, DueRetry};
 use crate::store::messages::NewDelivery;
 use crate::store::Store;
+use crate::telemetry::metric;
 
 /// Delivery ids held in memory per endpoint at most; the rest wait in the store.
 pub const QUEUE_CAPACITY: usize = 512;
@@ -418,6 +419,12 @@ impl Scheduler {
     }
 
     fn on_tick(&mut self) {
+        let queued: usize = self.queues.values().map(|q| q.queued.len()).sum();
+        let backlogged = self.queues.values().filter(|q| q.backlogged).count();
+        metrics::gauge!(metric::QUEUED).set(queued as f64);
+        metrics::gauge!(metric::IN_FLIGHT).set(self.in_flight as f64);
+        metrics::gauge!(metric::BACKLOGGED_ENDPOINTS).set(backlogged as f64);
+
         // Refill backlogged endpoints whose queues run low.
         let wanting: Vec<Arc<str>> = self
             .queues
@@ -465,6 +472,7 @@ impl Scheduler {
                 }
                 Err(err) => {
                     tracing::error!(endpoint_id = %endpoint_id, error = %err, "cannot read pending deliveries; will try again");
+                    metrics::counter!(metric::STORE_ERRORS, "operation" => "refill").increment(1);
                     (Vec::new(), false)
                 }
             };
@@ -510,6 +518,7 @@ impl Scheduler {
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "cannot scan for due retries; will try again");
+                        metrics::counter!(metric::STORE_ERRORS, "operation" => "retry_scan").increment(1);
                         // Report no progress so the same window is scanned again.
                         let _ = events.send(Event::RetriesDue {
                             retries: Vec::new(),

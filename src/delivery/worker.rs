@@ -11,6 +11,7 @@ use super::signing::signature_header;
 use crate::model::{ids, now_ms, Attempt, DeliveryStatus};
 use crate::store::deliveries::{self, NextStep};
 use crate::store::{Store, StoreError};
+use crate::telemetry::metric;
 
 /// Shared state of all workers.
 pub struct WorkerContext {
@@ -64,6 +65,7 @@ async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreE
                 _ => "endpoint disabled",
             };
             tracing::info!(delivery_id, msg_id = %delivery.msg_id, endpoint_id = %delivery.endpoint_id, reason, "delivery canceled");
+            metrics::counter!(metric::DELIVERY_OUTCOMES, "outcome" => "canceled").increment(1);
             return context
                 .store
                 .write(move |conn| deliveries::cancel(conn, delivery_id, now))
@@ -92,6 +94,7 @@ async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreE
         .await;
 
     let finished = now_ms();
+    metrics::histogram!(metric::ATTEMPT_DURATION).record(response.duration.as_secs_f64());
     let attempts_made = delivery.attempts + 1;
     let decision = classify(&response.outcome);
     let next = match decision {
@@ -161,8 +164,20 @@ async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreE
         ),
     }
 
-    context
+    let outcome = match next {
+        NextStep::Succeeded => "success",
+        NextStep::RetryAt(_) => "retry",
+        NextStep::GaveUp => "failed",
+        NextStep::DisableEndpoint => "gone",
+    };
+    metrics::counter!(metric::DELIVERY_OUTCOMES, "outcome" => outcome).increment(1);
+
+    let recorded = context
         .store
         .write(move |conn| deliveries::record_attempt(conn, &attempt, next, finished))
-        .await
+        .await;
+    if recorded.is_err() {
+        metrics::counter!(metric::STORE_ERRORS, "operation" => "record_attempt").increment(1);
+    }
+    recorded
 }

@@ -29,6 +29,8 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use crate::telemetry::metric;
+
 /// Jobs taken into one transaction at most.
 const MAX_BATCH_JOBS: usize = 2048;
 /// Read connections in use at once at most; further reads wait their turn
@@ -257,6 +259,7 @@ fn run_writer(conn: Connection, jobs: std_mpsc::Receiver<Job>) {
             // Dropping the job drops its reply channel, so its caller gets
             // `StoreError::Unavailable`.
             tracing::error!(error = %err, "cannot begin a transaction; the write is rejected");
+            metrics::counter!(metric::STORE_ERRORS, "operation" => "begin").increment(1);
             drop(first);
             continue;
         }
@@ -271,8 +274,11 @@ fn run_writer(conn: Connection, jobs: std_mpsc::Receiver<Job>) {
         let commit = conn.execute_batch("COMMIT").map_err(|err| {
             tracing::error!(error = %err, jobs = replies.len(), "commit failed; the batch is rolled back");
             let _ = conn.execute_batch("ROLLBACK");
+            metrics::counter!(metric::STORE_ERRORS, "operation" => "commit").increment(1);
             Arc::new(err.to_string())
         });
+        metrics::histogram!(metric::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::STORE_COMMIT_JOBS).record(replies.len() as f64);
         tracing::trace!(
             jobs = replies.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
