@@ -144,7 +144,7 @@ impl From<Endpoint> for EndpointOut {
 }
 
 /// Validates every client-chosen field of an endpoint and normalises its URL.
-fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
+async fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
     endpoint.url = validate::endpoint_url("url", &endpoint.url, &state.network_policy)?;
     validate::description("description", &endpoint.description)?;
     validate::rate_limit("rateLimit", endpoint.rate_limit)?;
@@ -159,6 +159,29 @@ fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
     }
     validate::metadata("metadata", &endpoint.metadata)?;
     validate::headers("headers", &endpoint.headers)?;
+
+    // As in the Svix API, a filter may name only event types that exist and
+    // are not archived, so a typo does not silently filter everything out.
+    if let Some(types) = endpoint.event_types.clone() {
+        let unknown = state
+            .store
+            .read(move |conn| {
+                for name in types {
+                    match crate::store::event_types::get(conn, &name)? {
+                        Some(found) if !found.archived => {}
+                        _ => return Ok(Some(name)),
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        if let Some(name) = unknown {
+            return Err(ApiError::field(
+                "eventTypes",
+                format!("event type {name:?} does not exist or is archived; create it with POST /api/v1/event-type first"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -245,7 +268,7 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
     let app = load_app(&state, &app_id).await?;
     let mut endpoint = endpoint_from_input(&app.id, input)?;
-    check(&state, &mut endpoint)?;
+    check(&state, &mut endpoint).await?;
     let saved = endpoint.clone();
     state
         .store
@@ -300,7 +323,7 @@ async fn upsert(
             (created, StatusCode::CREATED)
         }
     };
-    check(&state, &mut endpoint)?;
+    check(&state, &mut endpoint).await?;
     let saved = endpoint.clone();
     state
         .store
@@ -343,7 +366,7 @@ async fn patch(
         endpoint.retry_schedule_ms = schedule.as_deref().map(parse_retry_schedule).transpose()?;
     }
     endpoint.updated_at = now_ms();
-    check(&state, &mut endpoint)?;
+    check(&state, &mut endpoint).await?;
     let saved = endpoint.clone();
     state
         .store

@@ -36,11 +36,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if path != "." {
             location.extend(path.split('.').map(str::to_owned));
         }
-        ApiError::Validation {
-            location,
-            message: err.into_inner().to_string(),
-        }
+        body_error(location, &err.into_inner())
     })
+}
+
+/// Builds the 422 for a body that did not deserialize. serde reports a
+/// missing field at its parent, so the field's name is taken from the message.
+pub fn body_error(mut location: Vec<String>, err: &serde_json::Error) -> ApiError {
+    let message = err.to_string();
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        location.push(field.to_owned());
+    }
+    ApiError::Validation { location, message }
 }
 
 /// Query parameters in order, keeping repeated keys.

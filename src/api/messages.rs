@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::applications::{load as load_app, ApplicationIn};
 use super::endpoints::load as load_endpoint;
 use super::error::{ApiError, ApiResult};
-use super::extract::QueryParams;
+use super::extract::{body_error, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{ids, now_ms, Application, DeliveryStatus, Message, Millis};
 use crate::store::messages::{self as store, MessageFilter, NewDelivery};
@@ -90,10 +90,8 @@ fn empty_object() -> Box<RawValue> {
 
 /// Parses the body of a message, keeping the payload's exact bytes.
 fn parse_message(bytes: &[u8], max_payload_bytes: usize) -> ApiResult<MessageIn> {
-    let input: MessageIn = serde_json::from_slice(bytes).map_err(|err| ApiError::Validation {
-        location: vec!["body".to_owned()],
-        message: err.to_string(),
-    })?;
+    let input: MessageIn =
+        serde_json::from_slice(bytes).map_err(|err| body_error(vec!["body".to_owned()], &err))?;
     validate::event_type_name("eventType", &input.event_type)?;
     if !input.payload.get().starts_with('{') {
         return Err(ApiError::field("payload", "must be a JSON object"));

@@ -62,12 +62,21 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/health", get(health_no_content))
         .nest("/api/v1", api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::Status {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        detail: "this route does not accept this method".to_owned(),
+    }
 }
 
 /// Renders the Prometheus metrics. Like `/health`, it needs no token: it

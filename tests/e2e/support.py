@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import pytest
 from svix.api import Svix, SvixOptions
@@ -47,19 +47,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, description: str, interval: float = 0.05
-) -> None:
-    """Poll `condition` until it returns true, and fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.1f}s waiting for {description}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------
@@ -424,6 +411,7 @@ class ReceiverPool:
 @dataclass(frozen=True)
 class RawResponse:
     status: int
+    content_type: Optional[str]
     body: bytes
 
     def json(self) -> object:
@@ -438,7 +426,7 @@ def raw_request(
     headers: Optional[dict[str, str]] = None,
     token: Optional[str] = ADMIN_TOKEN,
 ) -> RawResponse:
-    """Send `body` byte for byte to the hookd API and return the status and body."""
+    """Send `body` byte for byte to the hookd API and return the response."""
     request_headers = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
         request_headers["Authorization"] = f"Bearer {token}"
@@ -447,6 +435,8 @@ def raw_request(
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return RawResponse(response.status, response.read())
+            return RawResponse(
+                response.status, response.headers.get("Content-Type"), response.read()
+            )
     except urllib.error.HTTPError as error:
-        return RawResponse(error.code, error.read())
+        return RawResponse(error.code, error.headers.get("Content-Type"), error.read())

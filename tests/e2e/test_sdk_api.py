@@ -287,11 +287,21 @@ def test_wrong_token_is_401(hookd_instance: HookdInstance) -> None:
     assert error.status_code == 401
 
 
+def test_unsupported_method_is_405_json(hookd_instance: HookdInstance) -> None:
+    """The SDK parses every error body as JSON, so a 405 without one raises JSONDecodeError."""
+    response = raw_request(hookd_instance, "DELETE", "/api/v1/app")
+
+    assert response.status == 405
+    assert response.content_type == "application/json"
+    assert isinstance(response.json()["code"], str)
+
+
 def test_missing_token_is_401_json(hookd_instance: HookdInstance) -> None:
     response = raw_request(hookd_instance, "GET", "/api/v1/app", token=None)
-    body = response.json()
 
     assert response.status == 401
+    assert response.content_type == "application/json"
+    body = response.json()
     assert isinstance(body["code"], str)
     assert isinstance(body["detail"], str)
 
@@ -592,13 +602,16 @@ def test_endpoint_invalid_url_is_422(svix: Svix, url: str) -> None:
     assert error_locations(error) == [["body", "url"]]
 
 
-def test_endpoint_url_outside_allowed_networks_is_422(svix: Svix, receiver: ReceiverPool) -> None:
-    """HOOKD_ALLOWED_NETWORKS=127.0.0.1/32 lets 127.0.0.1 through but no other loopback address."""
+@pytest.mark.parametrize("host", ["127.0.0.2", "[::1]", "0.0.0.0"])
+def test_endpoint_url_outside_allowed_networks_is_422(
+    svix: Svix, receiver: ReceiverPool, host: str
+) -> None:
+    """HOOKD_ALLOWED_NETWORKS=127.0.0.1/32 lets 127.0.0.1 through but no other local address."""
     app = create_app(svix)
     port = receiver("ssrf").port
 
     error = raises_validation_error(
-        lambda: svix.endpoint.create(app.id, EndpointIn(url=f"http://127.0.0.2:{port}/hook"))
+        lambda: svix.endpoint.create(app.id, EndpointIn(url=f"http://{host}:{port}/hook"))
     )
 
     assert error.status_code == 422
@@ -657,6 +670,23 @@ def test_endpoint_event_type_filter_and_channels(svix: Svix, receiver: ReceiverP
 
     assert [request.webhook_id for request in filtered.requests] == [matching.id]
     assert len(everything.requests) == 4
+
+
+def test_disabled_endpoint_gets_no_delivery(svix: Svix, receiver: ReceiverPool) -> None:
+    app = create_app(svix)
+    enabled, disabled = receiver("enabled"), receiver("disabled")
+    enabled_id, _ = create_endpoint(svix, app.id, enabled)
+    disabled_id, _ = create_endpoint(svix, app.id, disabled)
+    svix.endpoint.patch(app.id, disabled_id, EndpointPatch(disabled=True))
+
+    message = send(svix, app.id, {"n": 1})
+    enabled.wait_for_webhook_ids({message.id}, timeout=ATTEMPT_TIMEOUT_SECONDS)
+    wait_for_message_status(svix, app.id, message.id, MessageStatus.SUCCESS)
+    destinations = svix.message_attempt.list_attempted_destinations(app.id, message.id).data
+
+    assert svix.endpoint.get(app.id, disabled_id).disabled is True
+    assert [destination.id for destination in destinations] == [enabled_id]
+    assert disabled.requests == []
 
 
 def test_endpoint_stats_count_success_and_failure(svix: Svix, receiver: ReceiverPool) -> None:
@@ -788,6 +818,29 @@ def test_message_list_paginates_until_done(svix: Svix) -> None:
     assert [page.done for page in pages] == [False, False, True]
     assert sorted(listed) == sorted(sent)
     assert sorted(payload["n"] for payload in listed.values()) == [0, 1, 2, 3, 4]
+
+
+def test_message_create_by_app_uid(svix: Svix, receiver: ReceiverPool) -> None:
+    app = create_app(svix, uid="by-uid-app")
+    hook = receiver("by-uid")
+    create_endpoint(svix, "by-uid-app", hook)
+
+    message = send(svix, "by-uid-app", {"n": 1})
+    [request] = hook.wait_for_requests(1)
+    listed = svix.message.list(app.id).data
+
+    assert request.webhook_id == message.id
+    assert [item.id for item in listed] == [message.id]
+
+
+def test_message_deleted_app_is_404(svix: Svix) -> None:
+    app = create_app(svix)
+    message = send(svix, app.id, {"n": 1})
+
+    svix.application.delete(app.id)
+    error = raises_http_error(lambda: svix.message.get(app.id, message.id))
+
+    assert error.status_code == 404
 
 
 def test_message_unknown_app_is_404(svix: Svix) -> None:
