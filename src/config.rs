@@ -32,7 +32,13 @@ pub struct Config {
     /// Largest delay a `Retry-After` header may ask for (`max_retry_after`, `HOOKD_MAX_RETRY_AFTER`).
     pub max_retry_after: Duration,
     /// Requests in flight to one endpoint at most (`max_in_flight_per_endpoint`).
+    /// The adaptive limit of each endpoint moves between the minimum and this.
     pub max_in_flight_per_endpoint: usize,
+    /// Lowest adaptive limit of requests in flight to one endpoint (`min_in_flight_per_endpoint`).
+    pub min_in_flight_per_endpoint: usize,
+    /// Consecutive failed attempts that open an endpoint's circuit breaker;
+    /// 0 turns the breaker off (`circuit_breaker_failures`).
+    pub circuit_breaker_failures: u32,
     /// Requests in flight across all endpoints at most (`max_in_flight`).
     pub max_in_flight: usize,
     /// Largest accepted request body of the API, in bytes (`max_payload_bytes`).
@@ -80,6 +86,8 @@ struct FileConfig {
     request_timeout: Option<String>,
     max_retry_after: Option<String>,
     max_in_flight_per_endpoint: Option<usize>,
+    min_in_flight_per_endpoint: Option<usize>,
+    circuit_breaker_failures: Option<u32>,
     max_in_flight: Option<usize>,
     max_payload_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
@@ -118,6 +126,8 @@ const KEYS: &[&str] = &[
     "request_timeout",
     "max_retry_after",
     "max_in_flight_per_endpoint",
+    "min_in_flight_per_endpoint",
+    "circuit_breaker_failures",
     "max_in_flight",
     "max_payload_bytes",
     "max_response_bytes",
@@ -176,6 +186,14 @@ impl Config {
                 parsed.max_in_flight_per_endpoint.map(|v| v.to_string()),
             );
             put("max_in_flight", parsed.max_in_flight.map(|v| v.to_string()));
+            put(
+                "min_in_flight_per_endpoint",
+                parsed.min_in_flight_per_endpoint.map(|v| v.to_string()),
+            );
+            put(
+                "circuit_breaker_failures",
+                parsed.circuit_breaker_failures.map(|v| v.to_string()),
+            );
             put(
                 "max_payload_bytes",
                 parsed.max_payload_bytes.map(|v| v.to_string()),
@@ -243,6 +261,14 @@ impl Config {
             parse(raw, "max_in_flight_per_endpoint", "16", "16", |v| {
                 parse_count(v, 1, 10_000)
             })?;
+        let min_in_flight_per_endpoint =
+            parse(raw, "min_in_flight_per_endpoint", "1", "1", |v| {
+                parse_count(v, 1, max_in_flight_per_endpoint)
+            })?;
+        let circuit_breaker_failures =
+            parse(raw, "circuit_breaker_failures", "5", "5", |v| {
+                parse_count(v, 0, 1_000_000).map(|n| n as u32)
+            })?;
         let max_in_flight = parse(raw, "max_in_flight", "4096", "4096", |v| {
             parse_count(v, 1, 1_000_000)
         })?;
@@ -267,6 +293,8 @@ impl Config {
             request_timeout,
             max_retry_after,
             max_in_flight_per_endpoint,
+            min_in_flight_per_endpoint,
+            circuit_breaker_failures,
             max_in_flight,
             max_payload_bytes,
             max_response_bytes,

@@ -33,6 +33,10 @@ pub mod metric {
     pub const IN_FLIGHT: &str = "hookd_in_flight_requests";
     /// Gauge: endpoints with more due work in the store than in memory.
     pub const BACKLOGGED_ENDPOINTS: &str = "hookd_backlogged_endpoints";
+    /// Gauge, label `state`: endpoints whose breaker is open, probing, or
+    /// closed with a concurrency limit below the maximum. Healthy endpoints
+    /// are not counted.
+    pub const ENDPOINTS_BY_BREAKER_STATE: &str = "hookd_endpoints_by_breaker_state";
     /// Histogram: seconds per group commit, from BEGIN to the end of COMMIT.
     pub const STORE_COMMIT_DURATION: &str = "hookd_store_commit_duration_seconds";
     /// Histogram: jobs per group commit.

@@ -4,10 +4,12 @@
 //! - [`scheduler`]: per-endpoint queues served round-robin under per-endpoint and global caps.
 //! - [`worker`]: one attempt: load, sign, send, classify, record.
 //! - [`sender`]: the HTTP client with its deadline and response-size limit.
+//! - [`health`]: the circuit breaker and adaptive concurrency limit of each endpoint.
 //! - [`retry`]: outcome classification and the retry schedule with jitter.
 //! - [`signing`]: Standard Webhooks signatures.
 //! - [`ssrf`]: the address guard applied to every connection.
 
+pub mod health;
 pub mod retry;
 pub mod scheduler;
 pub mod sender;

@@ -18,11 +18,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::health::{BreakerState, EndpointHealth, HealthSettings};
 use super::retry::RetryPolicy;
 use super::sender::Sender;
 use super::ssrf::NetworkPolicy;
@@ -51,6 +52,8 @@ const RETRY_SCAN_OVERLAP_MS: Millis = 2000;
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub max_in_flight_per_endpoint: usize,
+    pub min_in_flight_per_endpoint: usize,
+    pub circuit_breaker_failures: u32,
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
     pub request_timeout: Duration,
@@ -62,6 +65,8 @@ impl EngineSettings {
     pub fn from_config(config: &Config) -> Self {
         Self {
             max_in_flight_per_endpoint: config.max_in_flight_per_endpoint,
+            min_in_flight_per_endpoint: config.min_in_flight_per_endpoint,
+            circuit_breaker_failures: config.circuit_breaker_failures,
             max_in_flight: config.max_in_flight,
             retry: RetryPolicy {
                 schedule: config.retry_schedule.clone(),
@@ -117,6 +122,7 @@ impl Engine {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let policy = Arc::new(NetworkPolicy::new(settings.allowed_networks.clone()));
         let context = Arc::new(WorkerContext {
+            rate_limiters: Default::default(),
             store: store.clone(),
             sender: Sender::new(
                 policy,
@@ -125,10 +131,18 @@ impl Engine {
             ),
             policy: settings.retry.clone(),
         });
+        let health_settings = HealthSettings {
+            min_limit: settings.min_in_flight_per_endpoint,
+            max_limit: settings.max_in_flight_per_endpoint,
+            failures_to_open: settings.circuit_breaker_failures,
+            probe_delays: settings.retry.schedule.clone(),
+        };
         let scheduler = Scheduler {
             store,
             context,
             settings,
+            health: HashMap::new(),
+            health_settings,
             queues: HashMap::new(),
             ring: VecDeque::new(),
             in_flight: 0,
@@ -179,6 +193,10 @@ struct Scheduler {
     store: Store,
     context: Arc<WorkerContext>,
     settings: EngineSettings,
+    /// Breaker and adaptive limit of each endpoint that is not in perfect
+    /// health; an endpoint missing here is healthy, at the maximum limit.
+    health: HashMap<Arc<str>, EndpointHealth>,
+    health_settings: HealthSettings,
     queues: HashMap<Arc<str>, EndpointQueue>,
     /// Endpoints with queued work and a free slot, in round-robin order.
     ring: VecDeque<Arc<str>>,
@@ -337,8 +355,17 @@ impl Scheduler {
         queue.overflow_generation += 1;
     }
 
+    /// Returns how many requests the endpoint may have in flight now, from
+    /// its adaptive limit and its circuit breaker.
+    fn capacity(&self, endpoint_id: &Arc<str>) -> usize {
+        match self.health.get(endpoint_id) {
+            Some(health) => health.capacity(&self.health_settings, Instant::now()),
+            None => self.settings.max_in_flight_per_endpoint,
+        }
+    }
+
     fn make_ready(&mut self, endpoint_id: &Arc<str>) {
-        let cap = self.settings.max_in_flight_per_endpoint;
+        let cap = self.capacity(endpoint_id);
         if let Some(queue) = self.queues.get_mut(endpoint_id) {
             if !queue.in_ring && !queue.queued.is_empty() && queue.in_flight < cap {
                 queue.in_ring = true;
@@ -352,10 +379,36 @@ impl Scheduler {
         if let Some(queue) = self.queues.get_mut(&endpoint_id) {
             queue.in_flight -= 1;
             queue.claimed.remove(&delivery_id);
-            if result == RunResult::StoreFailed {
+            if result.store_failed {
                 // The delivery is still pending in the store; a refill finds it.
                 queue.backlogged = true;
                 queue.overflow_generation += 1;
+            }
+        }
+        if let Some(signal) = result.signal {
+            let settings = &self.health_settings;
+            let health = self
+                .health
+                .entry(endpoint_id.clone())
+                .or_insert_with(|| EndpointHealth::new(settings));
+            let was_closed = health.breaker() == BreakerState::Closed;
+            health.on_result(signal, settings, Instant::now());
+            match health.breaker() {
+                BreakerState::Open { probe_at, failed_probes } if was_closed || failed_probes > 0 => {
+                    let probe_in_ms = probe_at.saturating_duration_since(Instant::now()).as_millis() as u64;
+                    if was_closed {
+                        tracing::warn!(endpoint_id = %endpoint_id, probe_in_ms, "circuit breaker opened; holding deliveries and probing");
+                    } else {
+                        tracing::warn!(endpoint_id = %endpoint_id, failed_probes, probe_in_ms, "probe failed; circuit breaker stays open");
+                    }
+                }
+                BreakerState::Closed if !was_closed => {
+                    tracing::info!(endpoint_id = %endpoint_id, "probe succeeded; circuit breaker closed");
+                }
+                _ => {}
+            }
+            if health.is_pristine(settings) {
+                self.health.remove(&endpoint_id);
             }
         }
         self.make_ready(&endpoint_id);
@@ -376,11 +429,11 @@ impl Scheduler {
 
     /// Starts workers for queued deliveries, one endpoint at a time in turn.
     fn dispatch(&mut self) {
-        let cap = self.settings.max_in_flight_per_endpoint;
         while self.in_flight < self.settings.max_in_flight {
             let Some(endpoint_id) = self.ring.pop_front() else {
                 break;
             };
+            let cap = self.capacity(&endpoint_id);
             let Some(queue) = self.queues.get_mut(&endpoint_id) else {
                 continue;
             };
@@ -393,6 +446,9 @@ impl Scheduler {
             };
             queue.in_flight += 1;
             self.in_flight += 1;
+            if let Some(health) = self.health.get_mut(&endpoint_id) {
+                health.on_dispatch();
+            }
             if !queue.queued.is_empty() && queue.in_flight < cap {
                 queue.in_ring = true;
                 self.ring.push_back(endpoint_id.clone());
@@ -424,6 +480,29 @@ impl Scheduler {
         metrics::gauge!(metric::QUEUED).set(queued as f64);
         metrics::gauge!(metric::IN_FLIGHT).set(self.in_flight as f64);
         metrics::gauge!(metric::BACKLOGGED_ENDPOINTS).set(backlogged as f64);
+
+        // Let through the probes that became due, and count breaker states.
+        let now = Instant::now();
+        let (mut open, mut probing, mut limited) = (0, 0, 0);
+        let mut due_probes = Vec::new();
+        for (endpoint_id, health) in &self.health {
+            match health.breaker() {
+                BreakerState::Open { probe_at, .. } => {
+                    open += 1;
+                    if probe_at <= now {
+                        due_probes.push(endpoint_id.clone());
+                    }
+                }
+                BreakerState::Probing { .. } => probing += 1,
+                BreakerState::Closed => limited += 1,
+            }
+        }
+        metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "open").set(f64::from(open));
+        metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "probing").set(f64::from(probing));
+        metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "closed_limited").set(f64::from(limited));
+        for endpoint_id in due_probes {
+            self.make_ready(&endpoint_id);
+        }
 
         // Refill backlogged endpoints whose queues run low.
         let wanting: Vec<Arc<str>> = self

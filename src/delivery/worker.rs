@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::retry::{classify, Decision, RetryPolicy};
+use super::health::Signal;
+use super::retry::{classify, Decision, Outcome, RetryPolicy};
 use super::sender::{Request, Sender};
 use super::signing::signature_header;
 use crate::model::{ids, now_ms, Attempt, DeliveryStatus};
@@ -18,29 +19,75 @@ pub struct WorkerContext {
     pub store: Store,
     pub sender: Sender,
     pub policy: RetryPolicy,
+    pub rate_limiters: RateLimiters,
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// One rate limiter per endpoint that has a `rateLimit`, in messages per second.
+#[derive(Default)]
+pub struct RateLimiters {
+    /// Limiters by endpoint id, with the rate each was built for.
+    limiters: std::sync::Mutex<std::collections::HashMap<String, (u32, Arc<Limiter>)>>,
+}
+
+impl RateLimiters {
+    /// Waits until the endpoint may receive one more request at `rate` per second.
+    pub async fn until_ready(&self, endpoint_id: &str, rate: u32) {
+        let Some(per_second) = std::num::NonZeroU32::new(rate) else {
+            return;
+        };
+        let limiter = {
+            let mut limiters = self.limiters.lock().expect("the limiter map lock is never poisoned");
+            match limiters.get(endpoint_id) {
+                Some((current, limiter)) if *current == rate => limiter.clone(),
+                _ => {
+                    // A burst of one second's worth, so a steady rate passes unchanged.
+                    let limiter = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(per_second)));
+                    limiters.insert(endpoint_id.to_owned(), (rate, limiter.clone()));
+                    limiter
+                }
+            }
+        };
+        limiter.until_ready().await;
+    }
 }
 
 /// The end state of a worker run, for the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunResult {
-    /// An attempt was made and recorded, or the delivery needed none.
-    Done,
+pub struct RunResult {
     /// The store failed; the delivery is still pending and must be picked up again.
-    StoreFailed,
+    pub store_failed: bool,
+    /// How the request went, when one was sent.
+    pub signal: Option<Signal>,
 }
 
 /// Makes one attempt of a delivery, if it is still pending and due.
 pub async fn run(context: Arc<WorkerContext>, delivery_id: i64) -> RunResult {
-    match attempt(&context, delivery_id).await {
-        Ok(()) => RunResult::Done,
+    let mut signal = None;
+    match attempt(&context, delivery_id, &mut signal).await {
+        Ok(()) => RunResult { store_failed: false, signal },
         Err(err) => {
             tracing::error!(delivery_id, error = %err, "cannot record a delivery attempt; it stays pending");
-            RunResult::StoreFailed
+            RunResult { store_failed: true, signal }
         }
     }
 }
 
-async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreError> {
+/// Maps an attempt's outcome to what it says about the endpoint's health.
+fn health_signal(outcome: &Outcome, duration: std::time::Duration) -> Signal {
+    match outcome {
+        Outcome::Response { status, .. } if (200..300).contains(status) => Signal::Success(duration),
+        Outcome::Response { status: 429 | 503, .. } | Outcome::Timeout => Signal::Overload,
+        _ => Signal::Failure,
+    }
+}
+
+async fn attempt(
+    context: &WorkerContext,
+    delivery_id: i64,
+    signal: &mut Option<Signal>,
+) -> Result<(), StoreError> {
     let loaded = context
         .store
         .read(move |conn| deliveries::load_for_send(conn, delivery_id))
@@ -73,6 +120,12 @@ async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreE
         }
     };
 
+    if let Some(rate) = endpoint.rate_limit {
+        // Wait for the endpoint's rate limit instead of failing: the
+        // delivery keeps its slot and is sent as soon as the limit allows.
+        context.rate_limiters.until_ready(&endpoint.id, rate).await;
+    }
+    let now = now_ms();
     let timestamp = now / 1000;
     let body = Bytes::from(payload);
     let signature = signature_header(
@@ -94,6 +147,7 @@ async fn attempt(context: &WorkerContext, delivery_id: i64) -> Result<(), StoreE
         .await;
 
     let finished = now_ms();
+    *signal = Some(health_signal(&response.outcome, response.duration));
     metrics::histogram!(metric::ATTEMPT_DURATION).record(response.duration.as_secs_f64());
     let attempts_made = delivery.attempts + 1;
     let decision = classify(&response.outcome);
