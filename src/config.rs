@@ -45,6 +45,15 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Bytes of each response body kept with its attempt (`max_response_bytes`).
     pub max_response_bytes: usize,
+    /// An endpoint whose attempts have all failed for this long is disabled;
+    /// `None` never disables (`disable_endpoint_after`, `HOOKD_DISABLE_ENDPOINT_AFTER`).
+    pub disable_endpoint_after: Option<Duration>,
+    /// URLs that receive operational webhooks such as `endpoint.disabled`
+    /// (`operational_webhook_urls`, `HOOKD_OPERATIONAL_WEBHOOK_URLS`).
+    pub operational_webhook_urls: Vec<String>,
+    /// Secret that signs operational webhooks, `whsec_…`
+    /// (`operational_webhook_secret`, `HOOKD_OPERATIONAL_WEBHOOK_SECRET`).
+    pub operational_webhook_secret: Option<String>,
     /// `text` or `json` log lines (`log_format`, `HOOKD_LOG_FORMAT`).
     pub log_format: LogFormat,
 }
@@ -92,6 +101,9 @@ struct FileConfig {
     max_payload_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     log_format: Option<String>,
+    disable_endpoint_after: Option<String>,
+    operational_webhook_urls: Option<StringOrList>,
+    operational_webhook_secret: Option<String>,
 }
 
 /// A list written either as a TOML array or as one comma-separated string.
@@ -132,6 +144,9 @@ const KEYS: &[&str] = &[
     "max_payload_bytes",
     "max_response_bytes",
     "log_format",
+    "disable_endpoint_after",
+    "operational_webhook_urls",
+    "operational_webhook_secret",
 ];
 
 impl RawValues {
@@ -203,6 +218,12 @@ impl Config {
                 parsed.max_response_bytes.map(|v| v.to_string()),
             );
             put("log_format", parsed.log_format);
+            put("disable_endpoint_after", parsed.disable_endpoint_after);
+            put(
+                "operational_webhook_urls",
+                parsed.operational_webhook_urls.map(StringOrList::joined),
+            );
+            put("operational_webhook_secret", parsed.operational_webhook_secret);
         }
 
         for (name, value) in env {
@@ -278,6 +299,42 @@ impl Config {
         let max_response_bytes = parse(raw, "max_response_bytes", "4096", "4096", |v| {
             parse_count(v, 0, 1 << 20)
         })?;
+        let disable_endpoint_after =
+            parse(raw, "disable_endpoint_after", "3days", "3days", |v| match v {
+                "never" => Ok(None),
+                _ => parse_positive_duration(v, Duration::from_secs(365 * 24 * 3600)).map(Some),
+            })?;
+        let operational_webhook_urls = parse(
+            raw,
+            "operational_webhook_urls",
+            "",
+            "https://ops.example.com/hookd",
+            |v| {
+                split_list(v)
+                    .map(|entry| match url::Url::parse(entry) {
+                        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(url.to_string()),
+                        _ => Err(format!("{entry:?} is not an http or https URL")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            },
+        )?;
+        let operational_webhook_secret = match raw.get("operational_webhook_secret") {
+            Some((source, value)) => {
+                if let Err(reason) = crate::model::secret::decode(value) {
+                    return Err(invalid(source, "<redacted>", &reason, "whsec_ followed by base64 of 32 random bytes"));
+                }
+                Some(value.to_owned())
+            }
+            None if !operational_webhook_urls.is_empty() => {
+                return Err(invalid(
+                    "operational_webhook_secret",
+                    "",
+                    "is required when operational_webhook_urls is set",
+                    "whsec_ followed by base64 of 32 random bytes",
+                ))
+            }
+            None => None,
+        };
         let log_format = parse(raw, "log_format", "text", "json", |v| match v {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -299,6 +356,9 @@ impl Config {
             max_payload_bytes,
             max_response_bytes,
             log_format,
+            disable_endpoint_after,
+            operational_webhook_urls,
+            operational_webhook_secret,
         })
     }
 

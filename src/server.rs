@@ -103,12 +103,22 @@ impl Server {
         crate::telemetry::metrics_handle();
         let token_hash = admin_token_hash(&store, config.admin_token.as_deref()).await?;
 
+        let urls = config.operational_webhook_urls.clone();
+        let secret = config.operational_webhook_secret.clone().unwrap_or_default();
+        let now = crate::model::now_ms();
+        let operational_app_id = store
+            .write(move |conn| crate::store::operational::sync(conn, &urls, &secret, now))
+            .await
+            .context("cannot set up the operational webhook endpoints")?;
+
         let (stop_tx, stop_rx) = watch::channel(false);
         let engine_stop = wait_for(stop_rx.clone());
         let drain = config.request_timeout + Duration::from_secs(1);
+        let mut engine_settings = EngineSettings::from_config(&config);
+        engine_settings.operational_app_id = operational_app_id.clone();
         let (engine, engine_task) = Engine::start(
             store.clone(),
-            EngineSettings::from_config(&config),
+            engine_settings,
             engine_stop,
             drain,
         );
@@ -119,6 +129,7 @@ impl Server {
             network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
             admin_token_hash: Arc::new(token_hash),
             max_payload_bytes: config.max_payload_bytes,
+            operational_app_id,
         };
         let app = api::router(state);
         tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "hookd started");

@@ -197,6 +197,20 @@ fn parse_retry_schedule(delays: &[String]) -> ApiResult<Vec<u64>> {
         })
 }
 
+/// Saves a changed endpoint; enabling or disabling it also stores an
+/// operational event, whose deliveries are handed to the scheduler.
+async fn save_with_events(state: &AppState, endpoint: &Endpoint, was_disabled: bool) -> ApiResult<()> {
+    let saved = endpoint.clone();
+    let operational = state.operational_app_id.clone();
+    let now = now_ms();
+    let created = state
+        .store
+        .write(move |conn| store::save_with_events(conn, &saved, was_disabled, operational.as_deref(), now))
+        .await?;
+    state.engine.enqueue(created);
+    Ok(())
+}
+
 /// Loads an endpoint of an application by id or uid, or returns 404.
 pub async fn load(state: &AppState, app_id: &str, endpoint_id: &str) -> ApiResult<Endpoint> {
     let app = load_app(state, app_id).await?;
@@ -297,6 +311,7 @@ async fn upsert(
         .store
         .read(move |conn| store::get(conn, &app_key, &key))
         .await?;
+    let previously_disabled = existing.as_ref().map(|e| e.disabled);
     let (mut endpoint, status) = match existing {
         Some(current) => {
             let mut replaced = endpoint_from_input(
@@ -324,11 +339,9 @@ async fn upsert(
         }
     };
     check(&state, &mut endpoint).await?;
-    let saved = endpoint.clone();
-    state
-        .store
-        .write(move |conn| store::save(conn, &saved, true))
-        .await?;
+    // A new endpoint has no transition to report.
+    let was_disabled = previously_disabled.unwrap_or(endpoint.disabled);
+    save_with_events(&state, &endpoint, was_disabled).await?;
     Ok((status, Json(endpoint.into())))
 }
 
@@ -338,6 +351,7 @@ async fn patch(
     JsonBody(input): JsonBody<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
     let mut endpoint = load(&state, &app_id, &endpoint_id).await?;
+    let was_disabled = endpoint.disabled;
     if let Some(url) = input.url {
         endpoint.url = url;
     }
@@ -367,11 +381,7 @@ async fn patch(
     }
     endpoint.updated_at = now_ms();
     check(&state, &mut endpoint).await?;
-    let saved = endpoint.clone();
-    state
-        .store
-        .write(move |conn| store::save(conn, &saved, true))
-        .await?;
+    save_with_events(&state, &endpoint, was_disabled).await?;
     Ok(Json(endpoint.into()))
 }
 

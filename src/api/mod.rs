@@ -40,6 +40,8 @@ pub struct AppState {
     /// SHA-256 of the admin token.
     pub admin_token_hash: Arc<[u8; 32]>,
     pub max_payload_bytes: usize,
+    /// The internal application of operational webhooks, when configured.
+    pub operational_app_id: Option<String>,
 }
 
 /// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.

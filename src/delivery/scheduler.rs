@@ -59,6 +59,9 @@ pub struct EngineSettings {
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
     pub allowed_networks: Vec<ipnet::IpNet>,
+    pub disable_endpoint_after: Option<Duration>,
+    /// The internal application of operational webhooks, when configured.
+    pub operational_app_id: Option<String>,
 }
 
 impl EngineSettings {
@@ -75,6 +78,8 @@ impl EngineSettings {
             request_timeout: config.request_timeout,
             max_response_bytes: config.max_response_bytes,
             allowed_networks: config.allowed_networks.clone(),
+            disable_endpoint_after: config.disable_endpoint_after,
+            operational_app_id: None,
         }
     }
 }
@@ -123,6 +128,8 @@ impl Engine {
         let policy = Arc::new(NetworkPolicy::new(settings.allowed_networks.clone()));
         let context = Arc::new(WorkerContext {
             rate_limiters: Default::default(),
+            disable_endpoint_after: settings.disable_endpoint_after,
+            operational_app_id: settings.operational_app_id.clone(),
             store: store.clone(),
             sender: Sender::new(
                 policy,
@@ -375,6 +382,9 @@ impl Scheduler {
     }
 
     fn finish(&mut self, endpoint_id: Arc<str>, delivery_id: i64, result: RunResult) {
+        for delivery in result.new_deliveries {
+            self.push(Arc::from(delivery.endpoint_id.as_str()), delivery.delivery_id);
+        }
         self.in_flight -= 1;
         if let Some(queue) = self.queues.get_mut(&endpoint_id) {
             queue.in_flight -= 1;

@@ -10,7 +10,8 @@ use super::retry::{classify, Decision, Outcome, RetryPolicy};
 use super::sender::{Request, Sender};
 use super::signing::signature_header;
 use crate::model::{ids, now_ms, Attempt, DeliveryStatus};
-use crate::store::deliveries::{self, NextStep};
+use crate::store::deliveries::{self, NextStep, RecordRules};
+use crate::store::messages::NewDelivery;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metric;
 
@@ -20,6 +21,10 @@ pub struct WorkerContext {
     pub sender: Sender,
     pub policy: RetryPolicy,
     pub rate_limiters: RateLimiters,
+    /// An endpoint failing for this long without a success is disabled.
+    pub disable_endpoint_after: Option<std::time::Duration>,
+    /// The internal application that carries operational webhooks.
+    pub operational_app_id: Option<String>,
 }
 
 type Limiter = governor::DefaultDirectRateLimiter;
@@ -54,22 +59,32 @@ impl RateLimiters {
 }
 
 /// The end state of a worker run, for the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunResult {
     /// The store failed; the delivery is still pending and must be picked up again.
     pub store_failed: bool,
     /// How the request went, when one was sent.
     pub signal: Option<Signal>,
+    /// Deliveries created while recording, such as operational webhooks.
+    pub new_deliveries: Vec<NewDelivery>,
 }
 
 /// Makes one attempt of a delivery, if it is still pending and due.
 pub async fn run(context: Arc<WorkerContext>, delivery_id: i64) -> RunResult {
     let mut signal = None;
     match attempt(&context, delivery_id, &mut signal).await {
-        Ok(()) => RunResult { store_failed: false, signal },
+        Ok(new_deliveries) => RunResult {
+            store_failed: false,
+            signal,
+            new_deliveries,
+        },
         Err(err) => {
             tracing::error!(delivery_id, error = %err, "cannot record a delivery attempt; it stays pending");
-            RunResult { store_failed: true, signal }
+            RunResult {
+                store_failed: true,
+                signal,
+                new_deliveries: Vec::new(),
+            }
         }
     }
 }
@@ -87,13 +102,13 @@ async fn attempt(
     context: &WorkerContext,
     delivery_id: i64,
     signal: &mut Option<Signal>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<NewDelivery>, StoreError> {
     let loaded = context
         .store
         .read(move |conn| deliveries::load_for_send(conn, delivery_id))
         .await?;
     let Some(loaded) = loaded else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let delivery = loaded.delivery;
     let now = now_ms();
@@ -101,7 +116,7 @@ async fn attempt(
         || delivery.next_attempt_at.is_none_or(|at| at > now)
     {
         // Finished or rescheduled since it was queued.
-        return Ok(());
+        return Ok(Vec::new());
     }
     let (endpoint, payload) = match (loaded.endpoint, loaded.message.payload) {
         (Some(endpoint), Some(payload)) if !endpoint.disabled => (endpoint, payload),
@@ -116,7 +131,8 @@ async fn attempt(
             return context
                 .store
                 .write(move |conn| deliveries::cancel(conn, delivery_id, now))
-                .await;
+                .await
+                .map(|()| Vec::new());
         }
     };
 
@@ -226,9 +242,17 @@ async fn attempt(
     };
     metrics::counter!(metric::DELIVERY_OUTCOMES, "outcome" => outcome).increment(1);
 
+    let disable_after_ms = context.disable_endpoint_after.map(|d| d.as_millis() as i64);
+    let operational_app_id = context.operational_app_id.clone();
     let recorded = context
         .store
-        .write(move |conn| deliveries::record_attempt(conn, &attempt, next, finished))
+        .write(move |conn| {
+            let rules = RecordRules {
+                disable_after_ms,
+                operational_app_id: operational_app_id.as_deref(),
+            };
+            deliveries::record_attempt(conn, &attempt, next, finished, &rules)
+        })
         .await;
     if recorded.is_err() {
         metrics::counter!(metric::STORE_ERRORS, "operation" => "record_attempt").increment(1);

@@ -7,6 +7,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{Result, StoreError};
+use super::messages::NewDelivery;
 use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, Message, Millis, Trigger};
 
 const COLUMNS: &str =
@@ -103,7 +104,8 @@ pub fn record_attempt(
     attempt: &Attempt,
     next: NextStep,
     now: Millis,
-) -> Result<()> {
+    rules: &RecordRules,
+) -> Result<Vec<NewDelivery>> {
     super::attempts::insert(conn, attempt)?;
     let (status, next_at) = match next {
         NextStep::Succeeded => (DeliveryStatus::Success, None),
@@ -114,10 +116,90 @@ pub fn record_attempt(
         "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4 WHERE id = ?1",
     )?
     .execute(params![attempt.delivery_id, status as i64, next_at, now])?;
-    if next == NextStep::DisableEndpoint {
-        super::endpoints::disable(conn, &attempt.endpoint_id, now)?;
+
+    // Events about the operational application's own deliveries are not
+    // reported, so that a failing operational URL cannot feed itself.
+    let operational = rules
+        .operational_app_id
+        .filter(|app_id| *app_id != attempt.app_id);
+    let mut new_deliveries = Vec::new();
+
+    if next == NextStep::Succeeded {
+        conn.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL")?
+            .execute([&attempt.endpoint_id])?;
+        return Ok(new_deliveries);
     }
-    Ok(())
+
+    conn.prepare_cached("UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL")?
+        .execute(params![attempt.endpoint_id, now])?;
+    let (failing_since, disabled): (Option<Millis>, bool) = conn
+        .prepare_cached("SELECT failing_since, disabled FROM endpoints WHERE id = ?1")?
+        .query_row([&attempt.endpoint_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?
+        .unwrap_or((None, true));
+    let failed_too_long = rules
+        .disable_after_ms
+        .zip(failing_since)
+        .is_some_and(|(limit, since)| now - since >= limit);
+    let disable = !disabled && (next == NextStep::DisableEndpoint || failed_too_long);
+
+    if disable {
+        super::endpoints::disable(conn, &attempt.endpoint_id, now)?;
+        tracing::error!(
+            endpoint_id = %attempt.endpoint_id,
+            reason = if next == NextStep::DisableEndpoint { "410 Gone" } else { "failing too long" },
+            "endpoint disabled; its pending deliveries are canceled"
+        );
+        if let Some(app_id) = operational {
+            if let Some(endpoint) = super::endpoints::get_by_id(conn, &attempt.endpoint_id)? {
+                let mut data = super::operational::endpoint_data(conn, &endpoint, failing_since)?;
+                data["trigger"] = serde_json::json!("automatic");
+                new_deliveries.extend(super::operational::emit(conn, app_id, super::operational::ENDPOINT_DISABLED, data, now)?);
+            }
+        }
+    }
+
+    if let Some(app_id) = operational {
+        let attempts: u32 = conn
+            .prepare_cached("SELECT attempts FROM deliveries WHERE id = ?1")?
+            .query_row([attempt.delivery_id], |row| row.get(0))?;
+        let event_type = match next {
+            NextStep::GaveUp | NextStep::DisableEndpoint => Some(super::operational::ATTEMPT_EXHAUSTED),
+            NextStep::RetryAt(_) if attempts == super::operational::FAILING_AFTER_ATTEMPTS => {
+                Some(super::operational::ATTEMPT_FAILING)
+            }
+            _ => None,
+        };
+        if let Some(event_type) = event_type {
+            let message = super::messages::get(conn, &attempt.app_id, &attempt.msg_id)?;
+            let app_uid = super::applications::get(conn, &attempt.app_id)?.and_then(|app| app.uid);
+            let data = serde_json::json!({
+                "appId": attempt.app_id,
+                "appUid": app_uid,
+                "msgId": attempt.msg_id,
+                "msgEventId": message.and_then(|m| m.event_id),
+                "endpointId": attempt.endpoint_id,
+                "lastAttempt": {
+                    "id": attempt.id,
+                    "timestamp": chrono::DateTime::from_timestamp_millis(attempt.created_at)
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "responseStatusCode": attempt.response_status,
+                },
+            });
+            new_deliveries.extend(super::operational::emit(conn, app_id, event_type, data, now)?);
+        }
+    }
+    Ok(new_deliveries)
+}
+
+/// Rules applied when an attempt is recorded.
+#[derive(Debug, Clone, Default)]
+pub struct RecordRules<'a> {
+    /// An endpoint whose attempts have all failed for this long is disabled; `None` never.
+    pub disable_after_ms: Option<Millis>,
+    /// The internal application of operational webhooks, when configured.
+    pub operational_app_id: Option<&'a str>,
 }
 
 /// Cancels a delivery without an attempt, for example because its endpoint is gone.

@@ -96,16 +96,21 @@ fn previous_json(endpoint: &Endpoint) -> String {
     to_json(&stored)
 }
 
-/// Inserts a new endpoint, or with `replace` overwrites the one with the same id.
+/// Inserts a new endpoint, or with `replace` updates the one with the same
+/// id. An update keeps the columns the model does not carry (`failing_since`).
 pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()> {
-    let verb = if replace {
-        "INSERT OR REPLACE"
+    let on_conflict = if replace {
+        " ON CONFLICT (id) DO UPDATE SET uid = excluded.uid, url = excluded.url, \
+         description = excluded.description, rate_limit = excluded.rate_limit, disabled = excluded.disabled, \
+         event_types = excluded.event_types, channels = excluded.channels, secret = excluded.secret, \
+         previous_secrets = excluded.previous_secrets, metadata = excluded.metadata, headers = excluded.headers, \
+         retry_schedule_ms = excluded.retry_schedule_ms, updated_at = excluded.updated_at"
     } else {
-        "INSERT"
+        ""
     };
     conn.execute(
         &format!(
-            "{verb} INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            "INSERT INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16){on_conflict}"
         ),
         params![
             endpoint.id,
@@ -128,6 +133,34 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
     )
     .map_err(|err| StoreError::conflict_on(err, "uid"))?;
     Ok(())
+}
+
+/// Saves a changed endpoint like [`save`], and when the change enables or
+/// disables it, resets its failure clock and stores an `endpoint.enabled` or
+/// `endpoint.disabled` operational event. Returns the deliveries created.
+pub fn save_with_events(
+    conn: &Connection,
+    endpoint: &Endpoint,
+    was_disabled: bool,
+    operational_app_id: Option<&str>,
+    now: Millis,
+) -> Result<Vec<super::messages::NewDelivery>> {
+    save(conn, endpoint, true)?;
+    if was_disabled == endpoint.disabled {
+        return Ok(Vec::new());
+    }
+    conn.execute("UPDATE endpoints SET failing_since = NULL WHERE id = ?1", [&endpoint.id])?;
+    let Some(app_id) = operational_app_id.filter(|app_id| *app_id != endpoint.app_id) else {
+        return Ok(Vec::new());
+    };
+    let mut data = super::operational::endpoint_data(conn, endpoint, None)?;
+    let event_type = if endpoint.disabled {
+        data["trigger"] = serde_json::json!("manual");
+        super::operational::ENDPOINT_DISABLED
+    } else {
+        super::operational::ENDPOINT_ENABLED
+    };
+    super::operational::emit(conn, app_id, event_type, data, now)
 }
 
 /// Finds an endpoint of an application by its id or, failing that, by its uid.

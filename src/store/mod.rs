@@ -18,6 +18,7 @@ pub mod deliveries;
 pub mod endpoints;
 pub mod event_types;
 pub mod messages;
+pub mod operational;
 mod schema;
 pub mod settings;
 

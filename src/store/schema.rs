@@ -103,6 +103,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attempts_by_endpoint ON attempts (endpoint_id, id);
     CREATE INDEX attempts_by_message ON attempts (msg_id, id);
     "#,
+    // 2: when an endpoint started failing without a success since, for
+    // disabling endpoints that fail for too long.
+    r#"
+    ALTER TABLE endpoints ADD COLUMN failing_since INTEGER;
+    "#,
 ];
 
 /// Applies every migration the database has not seen yet.

@@ -213,7 +213,15 @@ async fn recover_takes_only_failed_messages_once() {
     ] {
         let attempt = failed_attempt(delivery_ids[index], &msg_ids[index], &ep_id, "app_1");
         store
-            .write(move |conn| deliveries::record_attempt(conn, &attempt, next, 20))
+            .write(move |conn| {
+                deliveries::record_attempt(
+                    conn,
+                    &attempt,
+                    next,
+                    20,
+                    &deliveries::RecordRules::default(),
+                )
+            })
             .await
             .unwrap();
     }
@@ -279,6 +287,7 @@ async fn retry_scan_returns_each_window_once() {
                     &attempt,
                     deliveries::NextStep::RetryAt(retry_at),
                     5,
+                    &deliveries::RecordRules::default(),
                 )
             })
             .await
@@ -299,4 +308,147 @@ async fn retry_scan_returns_each_window_once() {
     assert_eq!(due(0, 1_500).await, vec![1_000]);
     assert_eq!(due(1_500, 3_000).await, vec![2_000, 3_000]);
     assert!(due(3_000, 9_000).await.is_empty());
+}
+
+#[tokio::test]
+async fn failing_endpoint_is_disabled_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let secret = crate::model::secret::generate();
+    let ops_app = store
+        .write(move |conn| {
+            operational::sync(conn, &["http://127.0.0.1:9/ops".to_owned()], &secret, 1)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+    let created = store
+        .write(|conn| messages::create(conn, message("app_1", "a", None, 5)))
+        .await
+        .unwrap();
+    let delivery_id = created.deliveries[0].delivery_id;
+    let msg_id = created.message.id.clone();
+
+    let record = |now: i64, next: deliveries::NextStep| {
+        let store = store.clone();
+        let attempt = failed_attempt(delivery_id, &msg_id, &ep_id, "app_1");
+        let ops_app = ops_app.clone();
+        async move {
+            store
+                .write(move |conn| {
+                    let rules = deliveries::RecordRules {
+                        disable_after_ms: Some(1_000),
+                        operational_app_id: Some(&ops_app),
+                    };
+                    deliveries::record_attempt(conn, &attempt, next, now, &rules)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let event_types = |deliveries: Vec<messages::NewDelivery>| {
+        let store = store.clone();
+        let ops_app = ops_app.clone();
+        async move {
+            let mut types = Vec::new();
+            for delivery in deliveries {
+                let found = store
+                    .read(move |conn| deliveries::load_for_send(conn, delivery.delivery_id))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(found.message.app_id, ops_app);
+                types.push(found.message.event_type);
+            }
+            types
+        }
+    };
+
+    // Failures 1 to 3, within the disable period: nothing reported.
+    for now in [100, 200, 300] {
+        let created = record(now, deliveries::NextStep::RetryAt(now + 10)).await;
+        assert!(created.is_empty(), "at {now}: {created:?}");
+    }
+    // The fourth failure reports the delivery as failing.
+    let created = record(400, deliveries::NextStep::RetryAt(410)).await;
+    assert_eq!(
+        event_types(created).await,
+        vec![operational::ATTEMPT_FAILING]
+    );
+
+    // Failing for 1,000 ms since the first failure at 100 disables the endpoint.
+    let created = record(1_100, deliveries::NextStep::GaveUp).await;
+    let mut types = event_types(created).await;
+    types.sort();
+    assert_eq!(
+        types,
+        vec![
+            operational::ENDPOINT_DISABLED,
+            operational::ATTEMPT_EXHAUSTED
+        ]
+    );
+    let id = ep_id.clone();
+    let disabled = store
+        .read(move |conn| endpoints::get_by_id(conn, &id))
+        .await
+        .unwrap()
+        .unwrap()
+        .disabled;
+    assert!(disabled);
+}
+
+#[tokio::test]
+async fn success_resets_the_failure_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+    let rules_ms = Some(1_000);
+    for (now, succeed) in [(100, false), (900, true), (1_200, false), (1_900, false)] {
+        let created = store
+            .write(move |conn| messages::create(conn, message("app_1", "a", None, now)))
+            .await
+            .unwrap();
+        let mut attempt = failed_attempt(
+            created.deliveries[0].delivery_id,
+            &created.message.id,
+            &ep_id,
+            "app_1",
+        );
+        let next = if succeed {
+            attempt.status = DeliveryStatus::Success;
+            deliveries::NextStep::Succeeded
+        } else {
+            deliveries::NextStep::RetryAt(now + 10)
+        };
+        store
+            .write(move |conn| {
+                let rules = deliveries::RecordRules {
+                    disable_after_ms: rules_ms,
+                    operational_app_id: None,
+                };
+                deliveries::record_attempt(conn, &attempt, next, now, &rules)
+            })
+            .await
+            .unwrap();
+    }
+    // Failing since 1,200 only, so 700 ms at 1,900: still enabled.
+    let id = ep_id.clone();
+    let disabled = store
+        .read(move |conn| endpoints::get_by_id(conn, &id))
+        .await
+        .unwrap()
+        .unwrap()
+        .disabled;
+    assert!(!disabled);
 }
