@@ -113,9 +113,11 @@ pub fn record_attempt(
         NextStep::GaveUp | NextStep::DisableEndpoint => (DeliveryStatus::Fail, None),
     };
     conn.prepare_cached(
-        "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4 WHERE id = ?1",
+        "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4 WHERE id = ?1 AND status = 1",
     )?
     .execute(params![attempt.delivery_id, status as i64, next_at, now])?;
+    // The status check above keeps a delivery canceled while its attempt
+    // was in flight (its endpoint was disabled or deleted) canceled.
 
     // Events about the operational application's own deliveries are not
     // reported, so that a failing operational URL cannot feed itself.
