@@ -58,13 +58,13 @@ pub fn sync(conn: &Connection, urls: &[String], secret: &str, now: Millis) -> Re
     let page = super::PageRequest { limit: 1000, iterator: None, descending: false };
     let current = super::endpoints::list(conn, &app.id, &page)?;
     for endpoint in &current {
-        let wanted = endpoint
+        let configured = endpoint
             .uid
             .as_deref()
             .and_then(|uid| uid.strip_prefix("operational-"))
             .and_then(|n| n.parse::<usize>().ok())
             .is_some_and(|n| n < urls.len());
-        if !wanted {
+        if !configured {
             super::endpoints::delete(conn, &endpoint.id, now)?;
         }
     }
