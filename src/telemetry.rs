@@ -25,6 +25,8 @@ pub mod metric {
     pub const MESSAGES_DEDUPLICATED: &str = "hookd_messages_deduplicated_total";
     /// Counter, label `outcome`: success, retry, failed, gone, canceled.
     pub const DELIVERY_OUTCOMES: &str = "hookd_delivery_outcomes_total";
+    /// Counter, label `reason`: attempts that waited (`rate_limit`).
+    pub const DEFERRED: &str = "hookd_deferred_attempts_total";
     /// Histogram: seconds per attempt, connect to last byte read.
     pub const ATTEMPT_DURATION: &str = "hookd_attempt_duration_seconds";
     /// Gauge: deliveries queued in memory, waiting for a free slot.

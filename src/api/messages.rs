@@ -313,18 +313,16 @@ async fn list_destinations(
         .store
         .read(move |conn| {
             let mut out = Vec::new();
-            for (endpoint_id, status, attempts, next) in
-                store::status_by_endpoint(conn, &message.id)?
-            {
+            for row in store::status_by_endpoint(conn, &message.id)? {
                 if page
                     .iterator
                     .as_deref()
-                    .is_some_and(|after| endpoint_id.as_str() <= after)
+                    .is_some_and(|after| row.endpoint_id.as_str() <= after)
                 {
                     continue;
                 }
-                if let Some(endpoint) = endpoints::get_by_id(conn, &endpoint_id)? {
-                    out.push((endpoint, status, attempts, next));
+                if let Some(endpoint) = endpoints::get_by_id(conn, &row.endpoint_id)? {
+                    out.push((endpoint, row.status, row.attempts, row.next_attempt_at));
                 }
                 if out.len() > page.limit {
                     break;

@@ -37,10 +37,11 @@ pub struct RateLimiters {
 }
 
 impl RateLimiters {
-    /// Waits until the endpoint may receive one more request at `rate` per second.
-    pub async fn until_ready(&self, endpoint_id: &str, rate: u32) {
+    /// Waits until the endpoint may receive one more request at `rate` per
+    /// second. Returns true when it had to wait.
+    pub async fn until_ready(&self, endpoint_id: &str, rate: u32) -> bool {
         let Some(per_second) = std::num::NonZeroU32::new(rate) else {
-            return;
+            return false;
         };
         let limiter = {
             let mut limiters = self.limiters.lock().expect("the limiter map lock is never poisoned");
@@ -54,7 +55,11 @@ impl RateLimiters {
                 }
             }
         };
+        if limiter.check().is_ok() {
+            return false;
+        }
         limiter.until_ready().await;
+        true
     }
 }
 
@@ -139,7 +144,9 @@ async fn attempt(
     if let Some(rate) = endpoint.rate_limit {
         // Wait for the endpoint's rate limit instead of failing: the
         // delivery keeps its slot and is sent as soon as the limit allows.
-        context.rate_limiters.until_ready(&endpoint.id, rate).await;
+        if context.rate_limiters.until_ready(&endpoint.id, rate).await {
+            metrics::counter!(metric::DEFERRED, "reason" => "rate_limit").increment(1);
+        }
     }
     let now = now_ms();
     let timestamp = now / 1000;

@@ -186,12 +186,18 @@ pub fn expunge_payload(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn.execute("UPDATE messages SET payload = NULL WHERE id = ?1", [id])? > 0)
 }
 
+/// The state of a message's newest delivery to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStatus {
+    pub endpoint_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+}
+
 /// Returns the status of the newest delivery of a message to each endpoint
 /// it has a delivery for, in endpoint id order.
-pub fn status_by_endpoint(
-    conn: &Connection,
-    msg_id: &str,
-) -> Result<Vec<(String, DeliveryStatus, u32, Option<Millis>)>> {
+pub fn status_by_endpoint(conn: &Connection, msg_id: &str) -> Result<Vec<EndpointStatus>> {
     let mut statement = conn.prepare(
         "SELECT endpoint_id, status, attempts, next_attempt_at FROM deliveries d
          WHERE msg_id = ?1 AND id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
@@ -206,10 +212,15 @@ pub fn status_by_endpoint(
         ))
     })?;
     rows.map(|row| {
-        let (endpoint_id, status, attempts, next) = row?;
+        let (endpoint_id, status, attempts, next_attempt_at) = row?;
         let status = DeliveryStatus::from_code(status)
             .ok_or_else(|| super::StoreError::Corrupt(format!("delivery status {status}")))?;
-        Ok((endpoint_id, status, attempts, next))
+        Ok(EndpointStatus {
+            endpoint_id,
+            status,
+            attempts,
+            next_attempt_at,
+        })
     })
     .collect()
 }
