@@ -36,6 +36,9 @@ pub struct Config {
     pub max_in_flight_per_endpoint: usize,
     /// Lowest adaptive limit of requests in flight to one endpoint (`min_in_flight_per_endpoint`).
     pub min_in_flight_per_endpoint: usize,
+    /// Limit of requests in flight that an endpoint starts with, growing
+    /// while it answers well (`initial_in_flight_per_endpoint`).
+    pub initial_in_flight_per_endpoint: usize,
     /// Consecutive failed attempts that open an endpoint's circuit breaker;
     /// 0 turns the breaker off (`circuit_breaker_failures`).
     pub circuit_breaker_failures: u32,
@@ -96,6 +99,7 @@ struct FileConfig {
     max_retry_after: Option<String>,
     max_in_flight_per_endpoint: Option<usize>,
     min_in_flight_per_endpoint: Option<usize>,
+    initial_in_flight_per_endpoint: Option<usize>,
     circuit_breaker_failures: Option<u32>,
     max_in_flight: Option<usize>,
     max_payload_bytes: Option<usize>,
@@ -139,6 +143,7 @@ const KEYS: &[&str] = &[
     "max_retry_after",
     "max_in_flight_per_endpoint",
     "min_in_flight_per_endpoint",
+    "initial_in_flight_per_endpoint",
     "circuit_breaker_failures",
     "max_in_flight",
     "max_payload_bytes",
@@ -204,6 +209,10 @@ impl Config {
             put(
                 "min_in_flight_per_endpoint",
                 parsed.min_in_flight_per_endpoint.map(|v| v.to_string()),
+            );
+            put(
+                "initial_in_flight_per_endpoint",
+                parsed.initial_in_flight_per_endpoint.map(|v| v.to_string()),
             );
             put(
                 "circuit_breaker_failures",
@@ -286,6 +295,13 @@ impl Config {
             parse(raw, "min_in_flight_per_endpoint", "1", "1", |v| {
                 parse_count(v, 1, max_in_flight_per_endpoint)
             })?;
+        let initial_default = 2usize
+            .clamp(min_in_flight_per_endpoint, max_in_flight_per_endpoint)
+            .to_string();
+        let initial_in_flight_per_endpoint =
+            parse(raw, "initial_in_flight_per_endpoint", &initial_default, "2", |v| {
+                parse_count(v, min_in_flight_per_endpoint, max_in_flight_per_endpoint)
+            })?;
         let circuit_breaker_failures =
             parse(raw, "circuit_breaker_failures", "5", "5", |v| {
                 parse_count(v, 0, 1_000_000).map(|n| n as u32)
@@ -351,6 +367,7 @@ impl Config {
             max_retry_after,
             max_in_flight_per_endpoint,
             min_in_flight_per_endpoint,
+            initial_in_flight_per_endpoint,
             circuit_breaker_failures,
             max_in_flight,
             max_payload_bytes,

@@ -477,6 +477,7 @@ async fn in_flight_per_endpoint_is_capped() {
     // so no connection closes and the count of accepted ones is exact.
     let hookd = Settings::new()
         .set("HOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "4")
+        .set("HOOKD_INITIAL_IN_FLIGHT_PER_ENDPOINT", "4")
         .set("HOOKD_REQUEST_TIMEOUT", "10s")
         .start()
         .await;
@@ -700,4 +701,35 @@ async fn recover_resends_failed_messages_in_order() {
         let status = hookd.wait_for_status(&app, msg, &endpoint, &[0, 2]).await;
         assert_eq!(status, 0, "{msg} after recover");
     }
+}
+
+#[tokio::test]
+async fn new_endpoint_starts_with_two_in_flight() {
+    // An endpoint starts at the initial limit (2 by default) and earns more
+    // by answering, so one that hangs holds only two requests.
+    let hookd = Settings::new()
+        .set("HOOKD_REQUEST_TIMEOUT", "10s")
+        .start()
+        .await;
+    let hanging = Receiver::always(Answer::Hang);
+    let app = hookd.create_app().await;
+    hookd.create_endpoint(&app, &hanging.url()).await;
+
+    send_concurrently(&hookd, &app, 50).await;
+    eventually(WAIT, "2 connections at the hanging receiver", || async {
+        (hanging.connections() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    assert_eq!(
+        hanging.max_open_connections(),
+        2,
+        "most connections open at once"
+    );
+    assert_eq!(
+        hanging.connections(),
+        2,
+        "connections accepted while 2 requests hang"
+    );
 }

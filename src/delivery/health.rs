@@ -32,8 +32,13 @@ pub enum Signal {
 pub struct HealthSettings {
     /// Lowest concurrency limit; at least 1.
     pub min_limit: usize,
-    /// Highest concurrency limit, and the limit a healthy endpoint starts with.
+    /// Highest concurrency limit.
     pub max_limit: usize,
+    /// The limit an endpoint starts with. Starting low means an endpoint that
+    /// hangs holds only a few requests until its timeouts shrink its limit and
+    /// open its breaker, while an endpoint that answers ramps up within
+    /// a few hundred requests.
+    pub initial_limit: usize,
     /// Consecutive failed attempts that open the breaker; 0 never opens it.
     pub failures_to_open: u32,
     /// Delays between probes: the first after opening, then the next after
@@ -77,7 +82,7 @@ pub struct EndpointHealth {
 impl EndpointHealth {
     pub fn new(settings: &HealthSettings) -> Self {
         Self {
-            limit: settings.max_limit as f64,
+            limit: settings.initial_limit.clamp(settings.min_limit.max(1), settings.max_limit) as f64,
             consecutive_failures: 0,
             breaker: BreakerState::Closed,
             usual_latency: None,
@@ -162,11 +167,10 @@ impl EndpointHealth {
         }
     }
 
-    /// Returns true when the endpoint is as healthy as a new one, so its state can be dropped.
-    pub fn is_pristine(&self, settings: &HealthSettings) -> bool {
-        self.breaker == BreakerState::Closed
-            && self.consecutive_failures == 0
-            && self.limit >= settings.max_limit as f64
+    /// Returns true when nothing but the limit sets this endpoint apart from
+    /// a new one, so its state can be dropped when memory is short.
+    pub fn is_calm(&self) -> bool {
+        self.breaker == BreakerState::Closed && self.consecutive_failures == 0
     }
 }
 
@@ -178,6 +182,7 @@ mod tests {
         HealthSettings {
             min_limit: 1,
             max_limit: 16,
+            initial_limit: 16,
             failures_to_open: 5,
             probe_delays: vec![Duration::from_secs(30), Duration::from_secs(90)],
         }
@@ -271,7 +276,7 @@ mod tests {
         assert!(capacities.windows(2).all(|w| w[1] >= w[0]), "the limit never drops while healthy");
         assert_eq!(capacities[0], 2);
         assert_eq!(*capacities.last().unwrap(), 16);
-        assert!(health.is_pristine(&settings));
+        assert!(health.is_calm());
     }
 
     #[test]
@@ -305,6 +310,20 @@ mod tests {
             health.on_result(Signal::Success(Duration::from_millis(900)), &settings, now);
         }
         assert!(health.capacity(&settings, now) < 16, "{}", health.capacity(&settings, now));
+    }
+
+    #[test]
+    fn new_endpoint_starts_at_initial_limit() {
+        let mut settings = settings();
+        settings.initial_limit = 2;
+        let now = Instant::now();
+        let mut health = EndpointHealth::new(&settings);
+        assert_eq!(health.capacity(&settings, now), 2);
+        for _ in 0..3 {
+            health.on_result(Signal::Success(Duration::from_millis(5)), &settings, now);
+        }
+        // 2, then 2.5, 2.9 and 3.24.
+        assert_eq!(health.capacity(&settings, now), 3);
     }
 
     #[test]

@@ -43,6 +43,9 @@ const REFILL_BELOW: usize = QUEUE_CAPACITY / 4;
 const MAX_CONCURRENT_REFILLS: usize = 4;
 /// How often due retries and backlogged endpoints are looked for.
 const TICK: Duration = Duration::from_millis(200);
+/// Endpoints whose health is kept at most; beyond it, calm endpoints without
+/// queued work are forgotten and start again at the initial limit.
+const MAX_HEALTH_ENTRIES: usize = 50_000;
 /// Rows read per page of the retry scan.
 const RETRY_SCAN_PAGE: usize = 2000;
 /// How far each retry scan reaches back into the previous window.
@@ -53,6 +56,7 @@ const RETRY_SCAN_OVERLAP_MS: Millis = 2000;
 pub struct EngineSettings {
     pub max_in_flight_per_endpoint: usize,
     pub min_in_flight_per_endpoint: usize,
+    pub initial_in_flight_per_endpoint: usize,
     pub circuit_breaker_failures: u32,
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
@@ -69,6 +73,7 @@ impl EngineSettings {
         Self {
             max_in_flight_per_endpoint: config.max_in_flight_per_endpoint,
             min_in_flight_per_endpoint: config.min_in_flight_per_endpoint,
+            initial_in_flight_per_endpoint: config.initial_in_flight_per_endpoint,
             circuit_breaker_failures: config.circuit_breaker_failures,
             max_in_flight: config.max_in_flight,
             retry: RetryPolicy {
@@ -141,6 +146,7 @@ impl Engine {
         let health_settings = HealthSettings {
             min_limit: settings.min_in_flight_per_endpoint,
             max_limit: settings.max_in_flight_per_endpoint,
+            initial_limit: settings.initial_in_flight_per_endpoint,
             failures_to_open: settings.circuit_breaker_failures,
             probe_delays: settings.retry.schedule.clone(),
         };
@@ -367,7 +373,7 @@ impl Scheduler {
     fn capacity(&self, endpoint_id: &Arc<str>) -> usize {
         match self.health.get(endpoint_id) {
             Some(health) => health.capacity(&self.health_settings, Instant::now()),
-            None => self.settings.max_in_flight_per_endpoint,
+            None => EndpointHealth::new(&self.health_settings).capacity(&self.health_settings, Instant::now()),
         }
     }
 
@@ -416,9 +422,6 @@ impl Scheduler {
                     tracing::info!(endpoint_id = %endpoint_id, "probe succeeded; circuit breaker closed");
                 }
                 _ => {}
-            }
-            if health.is_pristine(settings) {
-                self.health.remove(&endpoint_id);
             }
         }
         self.make_ready(&endpoint_id);
@@ -490,6 +493,12 @@ impl Scheduler {
         metrics::gauge!(metric::QUEUED).set(queued as f64);
         metrics::gauge!(metric::IN_FLIGHT).set(self.in_flight as f64);
         metrics::gauge!(metric::BACKLOGGED_ENDPOINTS).set(backlogged as f64);
+
+        if self.health.len() > MAX_HEALTH_ENTRIES {
+            let queues = &self.queues;
+            self.health
+                .retain(|endpoint_id, health| !health.is_calm() || queues.contains_key(endpoint_id));
+        }
 
         // Let through the probes that became due, and count breaker states.
         let now = Instant::now();
