@@ -117,7 +117,7 @@ async fn list(
     let limit = page.limit;
     let rows = state
         .store
-        .read(move |conn| store::list(conn, &page))
+        .read_blocking(move |conn| store::list(conn, &page))
         .await?;
     Ok(Json(ListResponse::from_rows(
         rows,

@@ -138,7 +138,7 @@ async fn list(
     let limit = page.limit;
     let rows = state
         .store
-        .read(move |conn| {
+        .read_blocking(move |conn| {
             let attempts = store::list(conn, &app_id, by, &value, &page, &filter)?;
             let mut out = Vec::with_capacity(attempts.len());
             for attempt in attempts {
@@ -222,7 +222,7 @@ async fn list_endpoint_messages(
     let limit = page.limit;
     let rows = state
         .store
-        .read(move |conn| {
+        .read_blocking(move |conn| {
             deliveries::messages_for_endpoint(conn, &endpoint.id, &endpoint.app_id, &page)
         })
         .await?;

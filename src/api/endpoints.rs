@@ -265,7 +265,7 @@ async fn list(
     let limit = page.limit;
     let rows = state
         .store
-        .read(move |conn| store::list(conn, &app.id, &page))
+        .read_blocking(move |conn| store::list(conn, &app.id, &page))
         .await?;
     Ok(Json(ListResponse::from_rows(
         rows,
@@ -543,7 +543,7 @@ async fn stats(
     let endpoint = load(&state, &app_id, &endpoint_id).await?;
     let stats = state
         .store
-        .read(move |conn| deliveries::endpoint_stats(conn, &endpoint.id))
+        .read_blocking(move |conn| deliveries::endpoint_stats(conn, &endpoint.id))
         .await?;
     Ok(Json(StatsOut {
         success: stats.success,

@@ -132,7 +132,7 @@ async fn list(
     let limit = page.limit;
     let rows = state
         .store
-        .read(move |conn| store::list(conn, &page, include_archived))
+        .read_blocking(move |conn| store::list(conn, &page, include_archived))
         .await?;
     Ok(Json(ListResponse::from_rows(
         rows,

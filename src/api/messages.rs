@@ -218,7 +218,7 @@ async fn list(
     let limit = page.limit;
     let rows = state
         .store
-        .read(move |conn| store::list(conn, &app.id, &page, &filter))
+        .read_blocking(move |conn| store::list(conn, &app.id, &page, &filter))
         .await?;
     Ok(Json(ListResponse::from_rows(
         rows,
@@ -311,7 +311,7 @@ async fn list_destinations(
     let limit = page.limit;
     let rows = state
         .store
-        .read(move |conn| {
+        .read_blocking(move |conn| {
             let mut out = Vec::new();
             for row in store::status_by_endpoint(conn, &message.id)? {
                 if page

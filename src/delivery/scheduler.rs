@@ -274,7 +274,7 @@ impl Scheduler {
         let events = self.events_tx.clone();
         tokio::spawn(async move {
             match store
-                .read(|conn| deliveries::endpoints_with_due(conn, now_ms()))
+                .read_blocking(|conn| deliveries::endpoints_with_due(conn, now_ms()))
                 .await
             {
                 Ok(endpoints) => {
@@ -561,7 +561,7 @@ impl Scheduler {
             let id = endpoint_id.to_string();
             let now = now_ms();
             let (ids, exhausted) = match store
-                .read(move |conn| deliveries::due_for_endpoint(conn, &id, now, limit))
+                .read_blocking(move |conn| deliveries::due_for_endpoint(conn, &id, now, limit))
                 .await
             {
                 Ok(ids) => {
@@ -596,7 +596,7 @@ impl Scheduler {
             let mut cursor = None;
             loop {
                 let page = store
-                    .read(move |conn| {
+                    .read_blocking(move |conn| {
                         deliveries::retries_due_between(conn, after, until, cursor, RETRY_SCAN_PAGE)
                     })
                     .await;

@@ -61,21 +61,19 @@ pub fn get(conn: &Connection, id_or_uid: &str) -> Result<Option<Application>> {
         "uid"
     };
     let found = conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM applications WHERE {by} = ?1"),
-            [id_or_uid],
-            from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM applications WHERE {by} = ?1"
+        ))?
+        .query_row([id_or_uid], from_row)
         .optional()?;
     let found = match found {
         Some(found) => Some(found),
         // A uid may itself look like an id.
         None if by == "id" => conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM applications WHERE uid = ?1"),
-                [id_or_uid],
-                from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM applications WHERE uid = ?1"
+            ))?
+            .query_row([id_or_uid], from_row)
             .optional()?,
         None => None,
     };

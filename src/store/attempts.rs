@@ -61,11 +61,10 @@ pub fn insert(conn: &Connection, attempt: &Attempt) -> Result<()> {
 }
 
 pub fn get(conn: &Connection, app_id: &str, msg_id: &str, id: &str) -> Result<Option<Attempt>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM attempts WHERE app_id = ?1 AND msg_id = ?2 AND id = ?3"),
-        [app_id, msg_id, id],
-        from_row,
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM attempts WHERE app_id = ?1 AND msg_id = ?2 AND id = ?3"
+    ))?
+    .query_row([app_id, msg_id, id], from_row)
     .optional()?
     .map(finish)
     .transpose()

@@ -6,8 +6,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{Result, StoreError};
 use super::messages::NewDelivery;
+use super::{Result, StoreError};
 use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, Message, Millis, Trigger};
 
 const COLUMNS: &str =
@@ -127,13 +127,17 @@ pub fn record_attempt(
     let mut new_deliveries = Vec::new();
 
     if next == NextStep::Succeeded {
-        conn.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL")?
-            .execute([&attempt.endpoint_id])?;
+        conn.prepare_cached(
+            "UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
+        )?
+        .execute([&attempt.endpoint_id])?;
         return Ok(new_deliveries);
     }
 
-    conn.prepare_cached("UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL")?
-        .execute(params![attempt.endpoint_id, now])?;
+    conn.prepare_cached(
+        "UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL",
+    )?
+    .execute(params![attempt.endpoint_id, now])?;
     let (failing_since, disabled): (Option<Millis>, bool) = conn
         .prepare_cached("SELECT failing_since, disabled FROM endpoints WHERE id = ?1")?
         .query_row([&attempt.endpoint_id], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -156,7 +160,13 @@ pub fn record_attempt(
             if let Some(endpoint) = super::endpoints::get_by_id(conn, &attempt.endpoint_id)? {
                 let mut data = super::operational::endpoint_data(conn, &endpoint, failing_since)?;
                 data["trigger"] = serde_json::json!("automatic");
-                new_deliveries.extend(super::operational::emit(conn, app_id, super::operational::ENDPOINT_DISABLED, data, now)?);
+                new_deliveries.extend(super::operational::emit(
+                    conn,
+                    app_id,
+                    super::operational::ENDPOINT_DISABLED,
+                    data,
+                    now,
+                )?);
             }
         }
     }
@@ -166,7 +176,9 @@ pub fn record_attempt(
             .prepare_cached("SELECT attempts FROM deliveries WHERE id = ?1")?
             .query_row([attempt.delivery_id], |row| row.get(0))?;
         let event_type = match next {
-            NextStep::GaveUp | NextStep::DisableEndpoint => Some(super::operational::ATTEMPT_EXHAUSTED),
+            NextStep::GaveUp | NextStep::DisableEndpoint => {
+                Some(super::operational::ATTEMPT_EXHAUSTED)
+            }
             NextStep::RetryAt(_) if attempts == super::operational::FAILING_AFTER_ATTEMPTS => {
                 Some(super::operational::ATTEMPT_FAILING)
             }
@@ -189,7 +201,9 @@ pub fn record_attempt(
                     "responseStatusCode": attempt.response_status,
                 },
             });
-            new_deliveries.extend(super::operational::emit(conn, app_id, event_type, data, now)?);
+            new_deliveries.extend(super::operational::emit(
+                conn, app_id, event_type, data, now,
+            )?);
         }
     }
     Ok(new_deliveries)

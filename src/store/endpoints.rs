@@ -149,7 +149,10 @@ pub fn save_with_events(
     if was_disabled == endpoint.disabled {
         return Ok(Vec::new());
     }
-    conn.execute("UPDATE endpoints SET failing_since = NULL WHERE id = ?1", [&endpoint.id])?;
+    conn.execute(
+        "UPDATE endpoints SET failing_since = NULL WHERE id = ?1",
+        [&endpoint.id],
+    )?;
     let Some(app_id) = operational_app_id.filter(|app_id| *app_id != endpoint.app_id) else {
         return Ok(Vec::new());
     };
@@ -168,20 +171,18 @@ pub fn get(conn: &Connection, app_id: &str, id_or_uid: &str) -> Result<Option<En
     let mut found = None;
     if ids::has_prefix(id_or_uid, ids::ENDPOINT) {
         found = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND id = ?2"),
-                [app_id, id_or_uid],
-                from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND id = ?2"
+            ))?
+            .query_row([app_id, id_or_uid], from_row)
             .optional()?;
     }
     if found.is_none() {
         found = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND uid = ?2"),
-                [app_id, id_or_uid],
-                from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND uid = ?2"
+            ))?
+            .query_row([app_id, id_or_uid], from_row)
             .optional()?;
     }
     found.map(finish).transpose()
@@ -189,14 +190,11 @@ pub fn get(conn: &Connection, app_id: &str, id_or_uid: &str) -> Result<Option<En
 
 /// Finds an endpoint by id alone, for the delivery engine.
 pub fn get_by_id(conn: &Connection, id: &str) -> Result<Option<Endpoint>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM endpoints WHERE id = ?1"),
-        [id],
-        from_row,
-    )
-    .optional()?
-    .map(finish)
-    .transpose()
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = ?1"))?
+        .query_row([id], from_row)
+        .optional()?
+        .map(finish)
+        .transpose()
 }
 
 pub fn list(conn: &Connection, app_id: &str, page: &PageRequest) -> Result<Vec<Endpoint>> {

@@ -64,11 +64,10 @@ pub fn save(conn: &Connection, event_type: &EventType, replace: bool) -> Result<
 }
 
 pub fn get(conn: &Connection, name: &str) -> Result<Option<EventType>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM event_types WHERE name = ?1"),
-        [name],
-        from_row,
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM event_types WHERE name = ?1"
+    ))?
+    .query_row([name], from_row)
     .optional()?
     .map(finish)
     .transpose()

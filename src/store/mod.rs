@@ -34,7 +34,7 @@ use crate::telemetry::metric;
 
 /// Jobs taken into one transaction at most.
 const MAX_BATCH_JOBS: usize = 2048;
-/// Read connections in use at once at most; further reads wait their turn
+/// Blocking reads running at once at most; further ones wait their turn
 /// instead of opening more connections and blocking more threads.
 const MAX_READERS: usize = 8;
 
@@ -160,8 +160,37 @@ impl Store {
         reply.await.map_err(|_| StoreError::Unavailable)?
     }
 
-    /// Runs `f` on a read-only connection on the blocking thread pool.
+    /// Runs `f` on a read-only connection, on the calling thread.
+    ///
+    /// For point lookups and short pages, which take microseconds: handing
+    /// them to another thread would cost more than running them. Use
+    /// [`Store::read_blocking`] for scans that may take long.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T>,
+    {
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_connection(&self.inner.path, true)?,
+        };
+        let result = f(&conn);
+        self.inner
+            .readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .push(conn);
+        result
+    }
+
+    /// Runs `f` on a read-only connection on the blocking thread pool, for
+    /// scans that may take long enough to stall other tasks.
+    pub async fn read_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,

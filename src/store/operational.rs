@@ -27,7 +27,12 @@ pub const FAILING_AFTER_ATTEMPTS: u32 = 4;
 
 /// Makes the internal application's endpoints match the configured URLs and
 /// secret. Returns the application id, or `None` when no URL is configured.
-pub fn sync(conn: &Connection, urls: &[String], secret: &str, now: Millis) -> Result<Option<String>> {
+pub fn sync(
+    conn: &Connection,
+    urls: &[String],
+    secret: &str,
+    now: Millis,
+) -> Result<Option<String>> {
     let existing = super::applications::get(conn, APPLICATION_UID)?;
     if urls.is_empty() {
         if let Some(app) = existing {
@@ -55,7 +60,11 @@ pub fn sync(conn: &Connection, urls: &[String], secret: &str, now: Millis) -> Re
     };
 
     // One endpoint per URL, with uid `operational-N`; others are removed.
-    let page = super::PageRequest { limit: 1000, iterator: None, descending: false };
+    let page = super::PageRequest {
+        limit: 1000,
+        iterator: None,
+        descending: false,
+    };
     let current = super::endpoints::list(conn, &app.id, &page)?;
     for endpoint in &current {
         let configured = endpoint
@@ -70,7 +79,10 @@ pub fn sync(conn: &Connection, urls: &[String], secret: &str, now: Millis) -> Re
     }
     for (index, url) in urls.iter().enumerate() {
         let uid = format!("operational-{index}");
-        let mut endpoint = match current.iter().find(|e| e.uid.as_deref() == Some(uid.as_str())) {
+        let mut endpoint = match current
+            .iter()
+            .find(|e| e.uid.as_deref() == Some(uid.as_str()))
+        {
             Some(found) => found.clone(),
             None => Endpoint {
                 id: ids::new_id(ids::ENDPOINT),
@@ -129,7 +141,11 @@ pub fn emit(
 }
 
 /// The `data` of an event about an endpoint.
-pub fn endpoint_data(conn: &Connection, endpoint: &Endpoint, fail_since: Option<Millis>) -> Result<serde_json::Value> {
+pub fn endpoint_data(
+    conn: &Connection,
+    endpoint: &Endpoint,
+    fail_since: Option<Millis>,
+) -> Result<serde_json::Value> {
     let app_uid = super::applications::get(conn, &endpoint.app_id)?.and_then(|app| app.uid);
     let mut data = json!({
         "appId": endpoint.app_id,
