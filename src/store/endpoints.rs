@@ -99,6 +99,7 @@ fn previous_json(endpoint: &Endpoint) -> String {
 /// Inserts a new endpoint, or with `replace` updates the one with the same
 /// id. An update keeps the columns the model does not carry (`failing_since`).
 pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()> {
+    clear_fan_out_cache();
     let on_conflict = if replace {
         " ON CONFLICT (id) DO UPDATE SET uid = excluded.uid, url = excluded.url, \
          description = excluded.description, rate_limit = excluded.rate_limit, disabled = excluded.disabled, \
@@ -206,7 +207,40 @@ pub fn list(conn: &Connection, app_id: &str, page: &PageRequest) -> Result<Vec<E
     rows.map(|row| finish(row?)).collect()
 }
 
-/// Lists every enabled endpoint of an application, for fan-out.
+thread_local! {
+    /// Enabled endpoints by application, for fan-out. Fan-out and every
+    /// endpoint change run on the store's writer thread, so a cache per thread
+    /// sees every change; each change, and each rolled-back job, clears it.
+    static FAN_OUT_CACHE: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<[Endpoint]>>> =
+        Default::default();
+}
+
+/// Applications whose endpoints the fan-out cache keeps at most.
+const FAN_OUT_CACHE_APPS: usize = 10_000;
+
+/// Forgets every cached endpoint list of this thread.
+pub fn clear_fan_out_cache() {
+    FAN_OUT_CACHE.with(|cache| cache.borrow_mut().clear());
+}
+
+/// Lists the enabled endpoints of an application for fan-out, from the cache
+/// of this thread when it has them.
+pub fn list_enabled_cached(conn: &Connection, app_id: &str) -> Result<std::rc::Rc<[Endpoint]>> {
+    if let Some(found) = FAN_OUT_CACHE.with(|cache| cache.borrow().get(app_id).cloned()) {
+        return Ok(found);
+    }
+    let endpoints: std::rc::Rc<[Endpoint]> = list_enabled(conn, app_id)?.into();
+    FAN_OUT_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= FAN_OUT_CACHE_APPS {
+            cache.clear();
+        }
+        cache.insert(app_id.to_owned(), endpoints.clone());
+    });
+    Ok(endpoints)
+}
+
+/// Lists every enabled endpoint of an application.
 pub fn list_enabled(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND disabled = 0 ORDER BY id"
@@ -217,12 +251,14 @@ pub fn list_enabled(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
 
 /// Deletes an endpoint and cancels its pending deliveries.
 pub fn delete(conn: &Connection, id: &str, now: Millis) -> Result<bool> {
+    clear_fan_out_cache();
     super::deliveries::cancel_pending_for_endpoint(conn, id, now)?;
     Ok(conn.execute("DELETE FROM endpoints WHERE id = ?1", [id])? > 0)
 }
 
 /// Disables an endpoint (after a 410 Gone) and cancels its pending deliveries.
 pub fn disable(conn: &Connection, id: &str, now: Millis) -> Result<()> {
+    clear_fan_out_cache();
     conn.execute(
         "UPDATE endpoints SET disabled = 1, updated_at = ?2 WHERE id = ?1",
         params![id, now],

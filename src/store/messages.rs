@@ -80,7 +80,7 @@ pub fn create(conn: &Connection, message: Message) -> Result<Created> {
     ])?;
 
     let mut deliveries = Vec::new();
-    for endpoint in super::endpoints::list_enabled(conn, &message.app_id)? {
+    for endpoint in super::endpoints::list_enabled_cached(conn, &message.app_id)?.iter() {
         if endpoint.accepts(&message.event_type, message.channels.as_deref()) {
             let delivery_id = super::deliveries::insert(
                 conn,
@@ -92,7 +92,7 @@ pub fn create(conn: &Connection, message: Message) -> Result<Created> {
             )?;
             deliveries.push(NewDelivery {
                 delivery_id,
-                endpoint_id: endpoint.id,
+                endpoint_id: endpoint.id.clone(),
             });
         }
     }

@@ -273,7 +273,11 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     let outcome = f(conn);
     match &outcome {
         Ok(_) => conn.execute_batch("RELEASE job")?,
-        Err(_) => conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
+        Err(_) => {
+            // The job may have cached rows it wrote and now rolls back.
+            endpoints::clear_fan_out_cache();
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?
+        }
     }
     outcome
 }
@@ -304,6 +308,7 @@ fn run_writer(conn: Connection, jobs: std_mpsc::Receiver<Job>) {
         let commit = conn.execute_batch("COMMIT").map_err(|err| {
             tracing::error!(error = %err, jobs = replies.len(), "commit failed; the batch is rolled back");
             let _ = conn.execute_batch("ROLLBACK");
+            endpoints::clear_fan_out_cache();
             metrics::counter!(metric::STORE_ERRORS, "operation" => "commit").increment(1);
             Arc::new(err.to_string())
         });
