@@ -288,7 +288,7 @@ impl Config {
             parse_positive_duration(v, Duration::from_secs(7 * 24 * 3600))
         })?;
         let max_in_flight_per_endpoint =
-            parse(raw, "max_in_flight_per_endpoint", "16", "16", |v| {
+            parse(raw, "max_in_flight_per_endpoint", "64", "64", |v| {
                 parse_count(v, 1, 10_000)
             })?;
         let min_in_flight_per_endpoint =
