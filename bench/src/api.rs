@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-/// Where the API listens and the token to use.
+/// Address of the API and the token to send.
 #[derive(Debug, Clone)]
 pub struct ApiTarget {
     pub addr: SocketAddr,

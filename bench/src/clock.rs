@@ -21,7 +21,7 @@ pub fn now_us() -> u64 {
     start().elapsed().as_micros() as u64
 }
 
-/// The instant `us` microseconds after [`init`].
+/// Returns the instant `us` microseconds after [`init`].
 pub fn instant_at(us: u64) -> Instant {
     start() + Duration::from_micros(us)
 }

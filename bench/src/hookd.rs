@@ -1,5 +1,5 @@
 //! The hookd process under test: started from the release binary on a data
-//! directory, polled until `/health` answers, sampled through `/proc`, and
+//! directory, polled until `/health` returns 200, sampled through `/proc`, and
 //! stopped with SIGTERM.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use crate::api::ApiTarget;
 /// Admin token given to every hookd the harness starts.
 pub const ADMIN_TOKEN: &str = "hookd-bench-admin-token-0123456789";
 
-/// How long a new hookd may take to answer `/health`.
+/// Time a new hookd gets to return 200 on `/health`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to start hookd.
@@ -36,7 +36,7 @@ pub struct Hookd {
     pub log_path: PathBuf,
     /// When the process was spawned.
     pub spawned: Instant,
-    /// How long `/health` took to answer 200 after the spawn.
+    /// Time from the spawn until `/health` returned 200.
     pub ready_after: Duration,
 }
 
@@ -113,7 +113,7 @@ impl Hookd {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "hookd did not answer GET /health with 200 within {}s; log {}",
+                    "GET /health on hookd did not return 200 within {}s; see the hookd log {}",
                     READY_TIMEOUT.as_secs(),
                     self.log_path.display()
                 );
@@ -171,7 +171,7 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// The last `lines` lines of a file, for error messages.
+/// Returns the last `lines` lines of a file, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

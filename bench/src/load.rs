@@ -1,5 +1,5 @@
 //! The load generator: sends messages with 1 KiB JSON payloads to hookd's API
-//! over N keep-alive connections, either as fast as the API answers or on a
+//! over N keep-alive connections, either as fast as the API responds or on a
 //! fixed schedule, and records when each message was accepted.
 
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
     pub connections: usize,
-    /// Messages per second over all connections; `None` sends as fast as the API answers.
+    /// Messages per second over all connections; `None` sends as fast as the API responds.
     pub rate: Option<f64>,
     /// Stop sending after this long.
     pub run_for: Duration,
@@ -48,7 +48,7 @@ pub struct Accepted {
     pub app: u32,
 }
 
-/// Progress counters, shared with whoever watches the run.
+/// Progress counters, shared with the progress printer and the drain wait.
 #[derive(Debug, Default)]
 pub struct LoadCounters {
     pub accepted: AtomicU64,
@@ -134,7 +134,7 @@ pub async fn run(
     })
 }
 
-/// A latency histogram in microseconds, from 1 µs to 1 hour, 3 significant digits.
+/// Creates a latency histogram in microseconds, from 1 µs to 1 hour, with 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("the bounds are valid")
 }

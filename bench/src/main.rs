@@ -36,16 +36,16 @@ enum Scenario {
     Backlog,
 }
 
-/// How the bad endpoints of `isolation` and `backlog` behave.
+/// Behaviour of the bad endpoints of `isolation` and `backlog`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Bad {
-    /// Never answer, hold the connection until hookd's request timeout.
+    /// Send no response and keep the connection open until hookd's request timeout.
     Hang,
-    /// Answer 200 after --slow-delay.
+    /// Respond 200 after --slow-delay.
     Slow,
-    /// Answer 500 at once.
+    /// Respond 500 at once.
     Fail,
-    /// Answer 200 at once: the all-healthy baseline.
+    /// Respond 200 at once: the all-healthy baseline.
     Ok,
     /// Refuse the connection: a port with no listener.
     Closed,
@@ -69,7 +69,7 @@ struct Cli {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     /// Messages per second over all connections. Without it, throughput and
-    /// fanout send as fast as the API answers.
+    /// fanout send as fast as the API responds.
     #[arg(long)]
     rate: Option<f64>,
     /// Concurrent keep-alive connections to the API.
@@ -126,7 +126,15 @@ fn main() -> anyhow::Result<()> {
     clock::init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    let row = runtime.block_on(run(&cli))?;
+    let mut row = runtime.block_on(run(&cli))?;
+    if !cli.hookd_env.is_empty() {
+        let overrides: Vec<String> = cli
+            .hookd_env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        row.scenario = format!("{} ({})", row.scenario, overrides.join(", "));
+    }
     report::emit(&row, cli.markdown.as_deref())?;
     // Hung receiver connections would keep the runtime's shutdown waiting.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -150,11 +158,8 @@ async fn run(cli: &Cli) -> anyhow::Result<report::Row> {
         Scenario::Isolation => Some(cli.rate.unwrap_or(20.0)),
         _ => cli.rate,
     };
-    if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        bail!(
-            "invalid --rate {:?}; expected a positive number of messages per second",
-            cli.rate
-        );
+    if let Some(invalid) = rate.filter(|r| !(*r > 0.0 && r.is_finite())) {
+        bail!("invalid --rate {invalid}; expected a positive number of messages per second");
     }
     let settings = RunSettings {
         hookd: cli

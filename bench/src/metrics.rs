@@ -39,11 +39,11 @@ impl Scrape {
             let Some((name, value)) = line.split_once(' ') else {
                 continue;
             };
-            let wanted = HISTOGRAMS.iter().any(|h| {
+            let is_histogram_series = HISTOGRAMS.iter().any(|h| {
                 name.strip_prefix(h)
                     .is_some_and(|rest| rest == "_sum" || rest == "_count")
             });
-            if let (true, Ok(value)) = (wanted, value.trim().parse::<f64>()) {
+            if let (true, Ok(value)) = (is_histogram_series, value.trim().parse::<f64>()) {
                 values.insert(name.to_owned(), value);
             }
         }

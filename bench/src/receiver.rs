@@ -1,7 +1,7 @@
 //! The webhook receiver: an HTTP/1.1 server on 127.0.0.1 that plays many
 //! endpoints at once. An endpoint's URL path is `/{index}/{behaviour}`, and
-//! the behaviour decides the answer: `ok` (200 at once), `fail` (500),
-//! `hang` (no answer until hookd gives up and closes the connection) or
+//! the behaviour selects the response: `ok` (200 at once), `fail` (500),
+//! `hang` (no response until hookd gives up and closes the connection) or
 //! `slow:DURATION` (200 after the delay).
 //!
 //! For each request to a *measured* endpoint the receiver stores the
@@ -28,7 +28,7 @@ use crate::clock;
 /// Lock shards of the arrival list, to keep receiver tasks from queuing on one mutex.
 const ARRIVAL_SHARDS: usize = 16;
 
-/// How an endpoint answers.
+/// Response behaviour of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
     Ok,
@@ -38,7 +38,7 @@ pub enum Behaviour {
 }
 
 impl Behaviour {
-    /// The path segment that selects this behaviour.
+    /// Returns the path segment that selects this behaviour.
     pub fn path_segment(&self) -> String {
         match self {
             Self::Ok => "ok".to_owned(),
@@ -82,9 +82,9 @@ pub struct Arrival {
     pub at_us: u64,
 }
 
-/// What the receiver has seen so far; shared with its connection tasks.
+/// Counters and arrivals of the receiver, shared with its connection tasks.
 pub struct ReceiverState {
-    /// Which endpoint indexes are measured.
+    /// Measured flag by endpoint index.
     measured: Vec<bool>,
     arrivals: Vec<Mutex<Vec<Arrival>>>,
     /// Requests per endpoint index.
@@ -93,7 +93,7 @@ pub struct ReceiverState {
     pub measured_requests: AtomicU64,
     /// Requests to every endpoint.
     pub total_requests: AtomicU64,
-    /// Requests whose path or `webhook-id` was invalid (answered 400).
+    /// Requests whose path or `webhook-id` was invalid (rejected with 400 or 404).
     pub invalid_requests: AtomicU64,
     /// Connections open now.
     pub open_connections: AtomicI64,
@@ -126,7 +126,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Binds 127.0.0.1 on a free port. `measured[i]` says whether requests to
+    /// Binds 127.0.0.1 on a free port. `measured[i]` tells whether requests to
     /// endpoint `i` are recorded one by one; the receiver serves indexes
     /// below `measured.len()`.
     pub async fn start(measured: Vec<bool>) -> anyhow::Result<Self> {
@@ -150,7 +150,7 @@ impl Receiver {
         Ok(Self { addr, state })
     }
 
-    /// The URL of endpoint `index` with the given behaviour.
+    /// Returns the URL of endpoint `index` with the given behaviour.
     pub fn url(&self, index: usize, behaviour: Behaviour) -> String {
         format!("http://{}/{index}/{}", self.addr, behaviour.path_segment())
     }

@@ -19,14 +19,13 @@ use crate::report::{self, Row, Window};
 
 /// Connections used to create applications and endpoints.
 const SETUP_CONNECTIONS: usize = 16;
-/// How long a stopped hookd may take to exit before it is killed; hookd
-/// itself waits up to its request timeout (10 s by default) plus 1 s for
-/// attempts in flight.
+/// Time a stopped hookd gets to exit before it is killed. hookd itself waits
+/// up to its request timeout (10 s by default) plus 1 s for attempts in flight.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often progress is printed to standard error.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// Where an endpoint points.
+/// Target of an endpoint URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointKind {
     /// A path of the receiver.
@@ -243,7 +242,8 @@ pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result
     let end = hookd.sample()?;
     let bench_cpu = after.harness.cpu_seconds - before.harness.cpu_seconds;
     let hookd_cpu = after.hookd.cpu_seconds - before.hookd.cpu_seconds;
-    // CPU time of everything else on the machine: a measure of interference.
+    // CPU time of everything else on the machine (other processes and steal
+    // time): a measure of interference.
     let other_cpu = (after.machine_busy - before.machine_busy) - hookd_cpu - bench_cpu;
 
     let arrivals = receiver.state.take_arrivals();
@@ -298,7 +298,7 @@ pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result
         notes.push(format!("{failed} sends failed"));
     }
     notes.push(format!(
-        "other processes {:.0}% of 1 core",
+        "rest of the machine {:.0}% of 1 core",
         100.0 * other_cpu / run.duration.as_secs_f64()
     ));
     notes.push(format!("hookd log {:.0} MB", workdir.log_megabytes()));
