@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::health::{BreakerState, EndpointHealth, HealthSettings};
+use super::health::{BreakerState, EndpointHealth, HealthSettings, Signal};
 use super::retry::RetryPolicy;
 use super::sender::Sender;
 use super::ssrf::NetworkPolicy;
@@ -92,7 +92,9 @@ impl EngineSettings {
 enum Event {
     /// Deliveries just committed by the API.
     Enqueue(Vec<NewDelivery>),
-    /// A worker finished with a delivery.
+    /// A worker has its response; the endpoint's slot is free.
+    Sent { endpoint_id: Arc<str>, signal: Signal },
+    /// A worker finished with a delivery: its attempt is recorded, or none was needed.
     Finished {
         endpoint_id: Arc<str>,
         delivery_id: i64,
@@ -198,7 +200,11 @@ struct EndpointQueue {
 
 impl EndpointQueue {
     fn is_idle(&self) -> bool {
-        self.queued.is_empty() && self.in_flight == 0 && !self.backlogged && !self.refilling
+        self.queued.is_empty()
+            && self.claimed.is_empty()
+            && self.in_flight == 0
+            && !self.backlogged
+            && !self.refilling
     }
 }
 
@@ -300,6 +306,7 @@ impl Scheduler {
                     );
                 }
             }
+            Event::Sent { endpoint_id, signal } => self.sent(endpoint_id, signal),
             Event::Finished {
                 endpoint_id,
                 delivery_id,
@@ -315,7 +322,7 @@ impl Scheduler {
                 let queue = self.queues.entry(endpoint_id.clone()).or_default();
                 queue.refilling = false;
                 for id in ids {
-                    self.push(endpoint_id.clone(), id);
+                    self.push_from(endpoint_id.clone(), id, true);
                 }
                 let queue = self
                     .queues
@@ -323,6 +330,11 @@ impl Scheduler {
                     .expect("push keeps the queue");
                 if exhausted && queue.overflow_generation == generation {
                     queue.backlogged = false;
+                }
+                // Work that arrived during the refill is in the store only:
+                // read it now rather than at the next tick.
+                if queue.backlogged && queue.queued.len() < REFILL_BELOW {
+                    self.start_refill(endpoint_id.clone());
                 }
                 self.forget_if_idle(&endpoint_id);
             }
@@ -347,12 +359,20 @@ impl Scheduler {
     }
 
     /// Queues a delivery, or marks its endpoint as backlogged when the queue is full.
+    ///
+    /// While an endpoint is backlogged, new work is left in the store, where
+    /// refills read it in due order after the older work, so deliveries that
+    /// overflowed are not overtaken by newer ones for as long as load lasts.
     fn push(&mut self, endpoint_id: Arc<str>, delivery_id: i64) {
+        self.push_from(endpoint_id, delivery_id, false);
+    }
+
+    fn push_from(&mut self, endpoint_id: Arc<str>, delivery_id: i64, from_refill: bool) {
         let queue = self.queues.entry(endpoint_id.clone()).or_default();
         if queue.claimed.contains(&delivery_id) {
             return;
         }
-        if queue.queued.len() >= QUEUE_CAPACITY {
+        if (queue.backlogged && !from_refill) || queue.queued.len() >= QUEUE_CAPACITY {
             queue.backlogged = true;
             queue.overflow_generation += 1;
             return;
@@ -387,21 +407,11 @@ impl Scheduler {
         }
     }
 
-    fn finish(&mut self, endpoint_id: Arc<str>, delivery_id: i64, result: RunResult) {
-        for delivery in result.new_deliveries {
-            self.push(Arc::from(delivery.endpoint_id.as_str()), delivery.delivery_id);
-        }
-        self.in_flight -= 1;
-        if let Some(queue) = self.queues.get_mut(&endpoint_id) {
-            queue.in_flight -= 1;
-            queue.claimed.remove(&delivery_id);
-            if result.store_failed {
-                // The delivery is still pending in the store; a refill finds it.
-                queue.backlogged = true;
-                queue.overflow_generation += 1;
-            }
-        }
-        if let Some(signal) = result.signal {
+    /// Frees the endpoint's slot when a worker has its response, and feeds
+    /// the outcome to the endpoint's health.
+    fn sent(&mut self, endpoint_id: Arc<str>, signal: Signal) {
+        self.release_slot(&endpoint_id);
+        {
             let settings = &self.health_settings;
             let health = self
                 .health
@@ -422,6 +432,33 @@ impl Scheduler {
                     tracing::info!(endpoint_id = %endpoint_id, "probe succeeded; circuit breaker closed");
                 }
                 _ => {}
+            }
+        }
+        self.make_ready(&endpoint_id);
+    }
+
+    fn release_slot(&mut self, endpoint_id: &Arc<str>) {
+        self.in_flight -= 1;
+        if let Some(queue) = self.queues.get_mut(endpoint_id) {
+            queue.in_flight -= 1;
+        }
+    }
+
+    /// Releases the delivery's claim once its attempt is recorded (or none
+    /// was needed); until then a refill must not queue it again.
+    fn finish(&mut self, endpoint_id: Arc<str>, delivery_id: i64, result: RunResult) {
+        for delivery in result.new_deliveries {
+            self.push(Arc::from(delivery.endpoint_id.as_str()), delivery.delivery_id);
+        }
+        if !result.sent {
+            self.release_slot(&endpoint_id);
+        }
+        if let Some(queue) = self.queues.get_mut(&endpoint_id) {
+            queue.claimed.remove(&delivery_id);
+            if result.store_failed {
+                // The delivery is still pending in the store; a refill finds it.
+                queue.backlogged = true;
+                queue.overflow_generation += 1;
             }
         }
         self.make_ready(&endpoint_id);
@@ -472,8 +509,16 @@ impl Scheduler {
             let context = self.context.clone();
             let events = self.events_tx.clone();
             let worker_endpoint = endpoint_id.clone();
+            let sent_events = events.clone();
+            let sent_endpoint = endpoint_id.clone();
+            let on_sent: worker::OnSent = Box::new(move |signal| {
+                let _ = sent_events.send(Event::Sent {
+                    endpoint_id: sent_endpoint,
+                    signal,
+                });
+            });
             self.workers.spawn(async move {
-                let result = worker::run(context, delivery_id).await;
+                let result = worker::run(context, delivery_id, on_sent).await;
                 let _ = events.send(Event::Finished {
                     endpoint_id: worker_endpoint,
                     delivery_id,

@@ -68,26 +68,32 @@ impl RateLimiters {
 pub struct RunResult {
     /// The store failed; the delivery is still pending and must be picked up again.
     pub store_failed: bool,
-    /// How the request went, when one was sent.
-    pub signal: Option<Signal>,
+    /// A request was sent, so `on_sent` was called.
+    pub sent: bool,
     /// Deliveries created while recording, such as operational webhooks.
     pub new_deliveries: Vec<NewDelivery>,
 }
 
+/// Called once the response is in, before the attempt is recorded, so the
+/// endpoint's slot is free while the commit is made durable.
+pub type OnSent = Box<dyn FnOnce(Signal) + Send>;
+
 /// Makes one attempt of a delivery, if it is still pending and due.
-pub async fn run(context: Arc<WorkerContext>, delivery_id: i64) -> RunResult {
-    let mut signal = None;
-    match attempt(&context, delivery_id, &mut signal).await {
+pub async fn run(context: Arc<WorkerContext>, delivery_id: i64, on_sent: OnSent) -> RunResult {
+    let mut on_sent = Some(on_sent);
+    let outcome = attempt(&context, delivery_id, &mut on_sent).await;
+    let sent = on_sent.is_none();
+    match outcome {
         Ok(new_deliveries) => RunResult {
             store_failed: false,
-            signal,
+            sent,
             new_deliveries,
         },
         Err(err) => {
             tracing::error!(delivery_id, error = %err, "cannot record a delivery attempt; it stays pending");
             RunResult {
                 store_failed: true,
-                signal,
+                sent,
                 new_deliveries: Vec::new(),
             }
         }
@@ -106,7 +112,7 @@ fn health_signal(outcome: &Outcome, duration: std::time::Duration) -> Signal {
 async fn attempt(
     context: &WorkerContext,
     delivery_id: i64,
-    signal: &mut Option<Signal>,
+    on_sent: &mut Option<OnSent>,
 ) -> Result<Vec<NewDelivery>, StoreError> {
     let loaded = context
         .store
@@ -170,10 +176,17 @@ async fn attempt(
         .await;
 
     let finished = now_ms();
-    *signal = Some(health_signal(&response.outcome, response.duration));
     metrics::histogram!(metric::ATTEMPT_DURATION).record(response.duration.as_secs_f64());
     let attempts_made = delivery.attempts + 1;
     let decision = classify(&response.outcome);
+    // Free the endpoint's slot now, unless the outcome disables the endpoint:
+    // then the slot stays taken until that is committed, so no other request
+    // starts towards an endpoint that answered 410 Gone.
+    if decision != Decision::Gone {
+        if let Some(on_sent) = on_sent.take() {
+            on_sent(health_signal(&response.outcome, response.duration));
+        }
+    }
     let next = match decision {
         Decision::Succeeded => NextStep::Succeeded,
         Decision::Gone => NextStep::DisableEndpoint,
