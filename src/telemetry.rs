@@ -27,6 +27,8 @@ pub mod metric {
     pub const DELIVERY_OUTCOMES: &str = "hookd_delivery_outcomes_total";
     /// Counter, label `reason`: attempts that waited (`rate_limit`).
     pub const DEFERRED: &str = "hookd_deferred_attempts_total";
+    /// Counter: log lines left out because their kind was over its per-second budget.
+    pub const LOG_LINES_SUPPRESSED: &str = "hookd_log_lines_suppressed_total";
     /// Histogram: seconds per attempt, connect to last byte read.
     pub const ATTEMPT_DURATION: &str = "hookd_attempt_duration_seconds";
     /// Gauge: deliveries queued in memory, waiting for a free slot.
@@ -69,4 +71,58 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// A per-second budget for a kind of log line that can repeat once per
+/// attempt, so that thousands of failing endpoints cannot flood the log.
+/// Lines over the budget are counted, and the count is logged with the next
+/// line that fits.
+pub struct LogBudget {
+    per_second: u32,
+    /// The second (since the epoch) the counts below belong to.
+    second: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU32,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    pub const fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            second: std::sync::atomic::AtomicU64::new(0),
+            used: std::sync::atomic::AtomicU32::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Returns `Some(lines suppressed since the last allowed one)` when a line
+    /// may be written now, and `None` when it is over the budget.
+    pub fn allow(&self, now_second: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.second.swap(now_second, Relaxed) != now_second {
+            self.used.store(0, Relaxed);
+        }
+        if self.used.fetch_add(1, Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            metrics::counter!(metric::LOG_LINES_SUPPRESSED).increment(1);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogBudget;
+
+    #[test]
+    fn log_budget_suppresses_over_the_rate() {
+        let budget = LogBudget::new(3);
+        let allowed: Vec<Option<u64>> = (0..5).map(|_| budget.allow(100)).collect();
+        assert_eq!(allowed, vec![Some(0), Some(0), Some(0), None, None]);
+        // The next second starts a new budget and reports the two suppressed.
+        assert_eq!(budget.allow(101), Some(2));
+        assert_eq!(budget.allow(101), Some(0));
+    }
 }

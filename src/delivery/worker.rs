@@ -13,7 +13,12 @@ use crate::model::{ids, now_ms, Attempt, DeliveryStatus};
 use crate::store::deliveries::{self, NextStep, RecordRules};
 use crate::store::messages::NewDelivery;
 use crate::store::{Store, StoreError};
-use crate::telemetry::metric;
+use crate::telemetry::{metric, LogBudget};
+
+/// Log lines per second for failed attempts at most; `suppressed` on a
+/// line counts those left out before it.
+static RETRY_LOG_BUDGET: LogBudget = LogBudget::new(20);
+static FAILED_LOG_BUDGET: LogBudget = LogBudget::new(20);
 
 /// Shared state of all workers.
 pub struct WorkerContext {
@@ -230,23 +235,33 @@ async fn attempt(
         NextStep::Succeeded => {
             tracing::debug!(msg_id = %delivery.msg_id, endpoint_id = %delivery.endpoint_id, attempt = attempts_made, "delivered");
         }
-        NextStep::RetryAt(at) => tracing::warn!(
-            msg_id = %delivery.msg_id,
-            endpoint_id = %delivery.endpoint_id,
-            attempt = attempts_made,
-            status = response.status,
-            error_kind = response.error_kind.unwrap_or(""),
-            retry_in_ms = at - finished,
-            "attempt failed; retry scheduled"
-        ),
-        NextStep::GaveUp => tracing::error!(
-            msg_id = %delivery.msg_id,
-            endpoint_id = %delivery.endpoint_id,
-            attempt = attempts_made,
-            status = response.status,
-            error_kind = response.error_kind.unwrap_or(""),
-            "attempt failed and no retries are left; delivery failed"
-        ),
+        NextStep::RetryAt(at) => {
+            if let Some(suppressed) = RETRY_LOG_BUDGET.allow((finished / 1000) as u64) {
+                tracing::warn!(
+                    msg_id = %delivery.msg_id,
+                    endpoint_id = %delivery.endpoint_id,
+                    attempt = attempts_made,
+                    status = response.status,
+                    error_kind = response.error_kind.unwrap_or(""),
+                    retry_in_ms = at - finished,
+                    suppressed,
+                    "attempt failed; retry scheduled"
+                );
+            }
+        }
+        NextStep::GaveUp => {
+            if let Some(suppressed) = FAILED_LOG_BUDGET.allow((finished / 1000) as u64) {
+                tracing::error!(
+                    msg_id = %delivery.msg_id,
+                    endpoint_id = %delivery.endpoint_id,
+                    attempt = attempts_made,
+                    status = response.status,
+                    error_kind = response.error_kind.unwrap_or(""),
+                    suppressed,
+                    "attempt failed and no retries are left; delivery failed"
+                );
+            }
+        }
         NextStep::DisableEndpoint => tracing::error!(
             msg_id = %delivery.msg_id,
             endpoint_id = %delivery.endpoint_id,
