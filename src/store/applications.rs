@@ -91,7 +91,7 @@ pub fn list(conn: &Connection, page: &PageRequest) -> Result<Vec<Application>> {
 
 /// Deletes an application with its endpoints, messages, deliveries and attempts.
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
-    super::endpoints::clear_fan_out_cache();
+    super::endpoints::clear_writer_caches();
     for table in ["attempts", "deliveries", "messages", "endpoints"] {
         conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id])?;
     }

@@ -127,17 +127,11 @@ pub fn record_attempt(
     let mut new_deliveries = Vec::new();
 
     if next == NextStep::Succeeded {
-        conn.prepare_cached(
-            "UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
-        )?
-        .execute([&attempt.endpoint_id])?;
+        super::endpoints::mark_not_failing(conn, &attempt.endpoint_id)?;
         return Ok(new_deliveries);
     }
 
-    conn.prepare_cached(
-        "UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL",
-    )?
-    .execute(params![attempt.endpoint_id, now])?;
+    super::endpoints::mark_failing(conn, &attempt.endpoint_id, now)?;
     let (failing_since, disabled): (Option<Millis>, bool) = conn
         .prepare_cached("SELECT failing_since, disabled FROM endpoints WHERE id = ?1")?
         .query_row([&attempt.endpoint_id], |row| Ok((row.get(0)?, row.get(1)?)))

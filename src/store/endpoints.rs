@@ -99,7 +99,7 @@ fn previous_json(endpoint: &Endpoint) -> String {
 /// Inserts a new endpoint, or with `replace` updates the one with the same
 /// id. An update keeps the columns the model does not carry (`failing_since`).
 pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()> {
-    clear_fan_out_cache();
+    clear_writer_caches();
     let on_conflict = if replace {
         " ON CONFLICT (id) DO UPDATE SET uid = excluded.uid, url = excluded.url, \
          description = excluded.description, rate_limit = excluded.rate_limit, disabled = excluded.disabled, \
@@ -218,9 +218,42 @@ thread_local! {
 /// Applications whose endpoints the fan-out cache keeps at most.
 const FAN_OUT_CACHE_APPS: usize = 10_000;
 
-/// Forgets every cached endpoint list of this thread.
-pub fn clear_fan_out_cache() {
+thread_local! {
+    /// Endpoints whose `failing_since` is known to be NULL, so that a
+    /// success need not write it again. Kept and cleared like the fan-out cache.
+    static NOT_FAILING: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
+}
+
+/// Forgets everything the writer thread caches about endpoints.
+pub fn clear_writer_caches() {
     FAN_OUT_CACHE.with(|cache| cache.borrow_mut().clear());
+    NOT_FAILING.with(|set| set.borrow_mut().clear());
+}
+
+/// Clears an endpoint's failure clock after a success, writing only when it
+/// may be set.
+pub fn mark_not_failing(conn: &Connection, endpoint_id: &str) -> Result<()> {
+    if NOT_FAILING.with(|set| set.borrow().contains(endpoint_id)) {
+        return Ok(());
+    }
+    conn.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL")?
+        .execute([endpoint_id])?;
+    NOT_FAILING.with(|set| {
+        let mut set = set.borrow_mut();
+        if set.len() >= 100_000 {
+            set.clear();
+        }
+        set.insert(endpoint_id.to_owned());
+    });
+    Ok(())
+}
+
+/// Starts an endpoint's failure clock at `now` unless it is running.
+pub fn mark_failing(conn: &Connection, endpoint_id: &str, now: Millis) -> Result<()> {
+    NOT_FAILING.with(|set| set.borrow_mut().remove(endpoint_id));
+    conn.prepare_cached("UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL")?
+        .execute(params![endpoint_id, now])?;
+    Ok(())
 }
 
 /// Lists the enabled endpoints of an application for fan-out, from the cache
@@ -251,14 +284,14 @@ pub fn list_enabled(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
 
 /// Deletes an endpoint and cancels its pending deliveries.
 pub fn delete(conn: &Connection, id: &str, now: Millis) -> Result<bool> {
-    clear_fan_out_cache();
+    clear_writer_caches();
     super::deliveries::cancel_pending_for_endpoint(conn, id, now)?;
     Ok(conn.execute("DELETE FROM endpoints WHERE id = ?1", [id])? > 0)
 }
 
 /// Disables an endpoint (after a 410 Gone) and cancels its pending deliveries.
 pub fn disable(conn: &Connection, id: &str, now: Millis) -> Result<()> {
-    clear_fan_out_cache();
+    clear_writer_caches();
     conn.execute(
         "UPDATE endpoints SET disabled = 1, updated_at = ?2 WHERE id = ?1",
         params![id, now],

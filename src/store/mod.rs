@@ -263,6 +263,9 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
         // FULL syncs the WAL on every commit, so a commit that returned survives
         // a power loss, not only a crash of the process.
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Checkpoint every 4,000 pages (16 MB) of WAL instead of 1,000, so
+        // the writer stops for checkpoints less often under load.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
     }
     // Page cache in KiB (negative means KiB): the writer touches the hot
     // indexes of every table, readers mostly one row at a time.
@@ -282,7 +285,7 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
         }
         Err(_) => {
             // The job may have cached rows it wrote and now rolls back.
-            endpoints::clear_fan_out_cache();
+            endpoints::clear_writer_caches();
             conn.execute_batch("ROLLBACK TO job; RELEASE job")?
         }
     }
@@ -315,7 +318,7 @@ fn run_writer(conn: Connection, jobs: std_mpsc::Receiver<Job>) {
         let commit = conn.execute_batch("COMMIT").map_err(|err| {
             tracing::error!(error = %err, jobs = replies.len(), "commit failed; the batch is rolled back");
             let _ = conn.execute_batch("ROLLBACK");
-            endpoints::clear_fan_out_cache();
+            endpoints::clear_writer_caches();
             metrics::counter!(metric::STORE_ERRORS, "operation" => "commit").increment(1);
             Arc::new(err.to_string())
         });
