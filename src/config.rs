@@ -16,7 +16,7 @@ use serde::Deserialize;
 pub struct Config {
     /// Address the API listens on (`listen`, `HOOKD_LISTEN`).
     pub listen: SocketAddr,
-    /// Folder that holds the SQLite database (`data_dir`, `HOOKD_DATA_DIR`).
+    /// Folder that contains the SQLite database (`data_dir`, `HOOKD_DATA_DIR`).
     pub data_dir: PathBuf,
     /// Bearer token with full access (`admin_token`, `HOOKD_ADMIN_TOKEN`).
     /// When unset, one is generated on first start and stored hashed.

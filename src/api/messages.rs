@@ -154,7 +154,7 @@ async fn app_for_message(
 }
 
 /// Stores the message and its deliveries in one commit, then hands the
-/// deliveries to the scheduler. Answers 202 only after the commit.
+/// deliveries to the scheduler. Returns 202 only after the commit.
 async fn create(
     State(state): State<AppState>,
     Path(app_id): Path<String>,

@@ -105,7 +105,7 @@ pub async fn run(context: Arc<WorkerContext>, delivery_id: i64, on_sent: OnSent)
     }
 }
 
-/// Maps an attempt's outcome to what it says about the endpoint's health.
+/// Maps an attempt's outcome to a health signal for its endpoint.
 fn health_signal(outcome: &Outcome, duration: std::time::Duration) -> Signal {
     match outcome {
         Outcome::Response { status, .. } if (200..300).contains(status) => Signal::Success(duration),
