@@ -3,6 +3,7 @@
 //!
 //! - [`scheduler`]: per-endpoint queues served round-robin under per-endpoint and global caps.
 //! - [`worker`]: one attempt: load, sign, send, classify, record.
+//! - [`recorder`]: attempt records batched into one store job per commit.
 //! - [`sender`]: the HTTP client with its deadline and response-size limit.
 //! - [`health`]: the circuit breaker and adaptive concurrency limit of each endpoint.
 //! - [`retry`]: outcome classification and the retry schedule with jitter.
@@ -10,6 +11,7 @@
 //! - [`ssrf`]: the address guard applied to every connection.
 
 pub mod health;
+pub mod recorder;
 pub mod retry;
 pub mod scheduler;
 pub mod sender;

@@ -135,8 +135,11 @@ impl Engine {
         let policy = Arc::new(NetworkPolicy::new(settings.allowed_networks.clone()));
         let context = Arc::new(WorkerContext {
             rate_limiters: Default::default(),
-            disable_endpoint_after: settings.disable_endpoint_after,
-            operational_app_id: settings.operational_app_id.clone(),
+            recorder: super::recorder::Recorder::start(
+                store.clone(),
+                settings.disable_endpoint_after.map(|d| d.as_millis() as i64),
+                settings.operational_app_id.clone(),
+            ),
             store: store.clone(),
             sender: Sender::new(
                 policy,
@@ -410,7 +413,7 @@ impl Scheduler {
     /// Frees the endpoint's slot when a worker has its response, and feeds
     /// the outcome to the endpoint's health.
     fn sent(&mut self, endpoint_id: Arc<str>, signal: Signal) {
-        self.release_slot(&endpoint_id);
+        self.release_endpoint_slot(&endpoint_id);
         {
             let settings = &self.health_settings;
             let health = self
@@ -437,8 +440,11 @@ impl Scheduler {
         self.make_ready(&endpoint_id);
     }
 
-    fn release_slot(&mut self, endpoint_id: &Arc<str>) {
-        self.in_flight -= 1;
+    /// Frees a request slot of the endpoint. The global count is released
+    /// only in [`Scheduler::finish`]: it bounds the workers alive, including
+    /// those waiting for their attempt to be recorded, so a store that falls
+    /// behind holds back new requests instead of piling up finished ones.
+    fn release_endpoint_slot(&mut self, endpoint_id: &Arc<str>) {
         if let Some(queue) = self.queues.get_mut(endpoint_id) {
             queue.in_flight -= 1;
         }
@@ -450,8 +456,9 @@ impl Scheduler {
         for delivery in result.new_deliveries {
             self.push(Arc::from(delivery.endpoint_id.as_str()), delivery.delivery_id);
         }
+        self.in_flight -= 1;
         if !result.sent {
-            self.release_slot(&endpoint_id);
+            self.release_endpoint_slot(&endpoint_id);
         }
         if let Some(queue) = self.queues.get_mut(&endpoint_id) {
             queue.claimed.remove(&delivery_id);

@@ -10,7 +10,7 @@ use super::retry::{classify, Decision, Outcome, RetryPolicy};
 use super::sender::{Request, Sender};
 use super::signing::signature_header;
 use crate::model::{ids, now_ms, Attempt, DeliveryStatus};
-use crate::store::deliveries::{self, NextStep, RecordRules};
+use crate::store::deliveries::{self, NextStep};
 use crate::store::messages::NewDelivery;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{metric, LogBudget};
@@ -26,10 +26,8 @@ pub struct WorkerContext {
     pub sender: Sender,
     pub policy: RetryPolicy,
     pub rate_limiters: RateLimiters,
-    /// An endpoint failing for this long without a success is disabled.
-    pub disable_endpoint_after: Option<std::time::Duration>,
-    /// The internal application that carries operational webhooks.
-    pub operational_app_id: Option<String>,
+    /// Writes attempts to the store in batches.
+    pub recorder: super::recorder::Recorder,
 }
 
 type Limiter = governor::DefaultDirectRateLimiter;
@@ -277,18 +275,7 @@ async fn attempt(
     };
     metrics::counter!(metric::DELIVERY_OUTCOMES, "outcome" => outcome).increment(1);
 
-    let disable_after_ms = context.disable_endpoint_after.map(|d| d.as_millis() as i64);
-    let operational_app_id = context.operational_app_id.clone();
-    let recorded = context
-        .store
-        .write(move |conn| {
-            let rules = RecordRules {
-                disable_after_ms,
-                operational_app_id: operational_app_id.as_deref(),
-            };
-            deliveries::record_attempt(conn, &attempt, next, finished, &rules)
-        })
-        .await;
+    let recorded = context.recorder.record(attempt, next, finished).await;
     if recorded.is_err() {
         metrics::counter!(metric::STORE_ERRORS, "operation" => "record_attempt").increment(1);
     }
