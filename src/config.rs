@@ -420,6 +420,11 @@ fn parse_networks(value: &str) -> Result<Vec<IpNet>, String> {
 
 /// Parses a comma-separated list of delays such as `30s,90s,270s`.
 pub fn parse_schedule(value: &str) -> Result<Vec<Duration>, String> {
+    // An empty value means no retries, but an empty entry inside a list is
+    // a typo such as "30s,,90s".
+    if !value.trim().is_empty() && value.split(',').any(|entry| entry.trim().is_empty()) {
+        return Err("has an empty entry; separate delays with single commas".to_owned());
+    }
     let delays = split_list(value)
         .enumerate()
         .map(|(index, entry)| {
@@ -552,6 +557,12 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("HOOKD_ADMIN_TOKEN"), "{text}");
         assert!(!text.contains("\"short\""), "{text}");
+    }
+
+    #[test]
+    fn empty_schedule_entry_is_rejected() {
+        let err = Config::load(None, env(&[("HOOKD_RETRY_SCHEDULE", "30s,,90s")])).unwrap_err();
+        assert!(err.to_string().contains("empty entry"), "{err}");
     }
 
     #[test]

@@ -45,6 +45,9 @@ enum Command {
         /// File with the exact request body; `-` reads standard input.
         #[arg(long, default_value = "-")]
         body: PathBuf,
+        /// Accept a timestamp more than 5 minutes from now, to check a recorded request.
+        #[arg(long)]
+        ignore_timestamp: bool,
     },
 }
 
@@ -77,7 +80,8 @@ fn main() -> ExitCode {
             timestamp,
             signature,
             body,
-        } => verify(&secret, &id, timestamp, &signature, &body),
+            ignore_timestamp,
+        } => verify(&secret, &id, timestamp, &signature, &body, ignore_timestamp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,31 +119,73 @@ async fn shutdown_signal() {
 }
 
 fn describe(config: &Config) -> String {
-    let schedule: Vec<String> = config
-        .retry_schedule
-        .iter()
-        .map(|d| humantime::format_duration(*d).to_string())
-        .collect();
+    let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let schedule: Vec<String> = config.retry_schedule.iter().map(|d| duration(*d)).collect();
     let networks: Vec<String> = config
         .allowed_networks
         .iter()
         .map(ToString::to_string)
         .collect();
-    format!(
-        "listen = {}\ndata_dir = {}\nadmin_token = {}\nallowed_networks = [{}]\nretry_schedule = [{}]\nrequest_timeout = {}\nmax_retry_after = {}\nmax_in_flight_per_endpoint = {}\nmax_in_flight = {}\nmax_payload_bytes = {}\nmax_response_bytes = {}",
-        config.listen,
-        config.data_dir.display(),
-        if config.admin_token.is_some() { "(set)" } else { "(generated on first start)" },
-        networks.join(", "),
-        schedule.join(", "),
-        humantime::format_duration(config.request_timeout),
-        humantime::format_duration(config.max_retry_after),
-        config.max_in_flight_per_endpoint,
-        config.max_in_flight,
-        config.max_payload_bytes,
-        config.max_response_bytes,
-    )
+    let lines = [
+        format!("listen = {}", config.listen),
+        format!("data_dir = {}", config.data_dir.display()),
+        format!(
+            "admin_token = {}",
+            if config.admin_token.is_some() {
+                "(set)"
+            } else {
+                "(generated on first start)"
+            }
+        ),
+        format!("allowed_networks = [{}]", networks.join(", ")),
+        format!("retry_schedule = [{}]", schedule.join(", ")),
+        format!("request_timeout = {}", duration(config.request_timeout)),
+        format!("max_retry_after = {}", duration(config.max_retry_after)),
+        format!(
+            "max_in_flight_per_endpoint = {}",
+            config.max_in_flight_per_endpoint
+        ),
+        format!(
+            "min_in_flight_per_endpoint = {}",
+            config.min_in_flight_per_endpoint
+        ),
+        format!(
+            "initial_in_flight_per_endpoint = {}",
+            config.initial_in_flight_per_endpoint
+        ),
+        format!("max_in_flight = {}", config.max_in_flight),
+        format!(
+            "circuit_breaker_failures = {}",
+            config.circuit_breaker_failures
+        ),
+        format!(
+            "disable_endpoint_after = {}",
+            config
+                .disable_endpoint_after
+                .map_or("never".to_owned(), duration)
+        ),
+        format!("max_payload_bytes = {}", config.max_payload_bytes),
+        format!("max_response_bytes = {}", config.max_response_bytes),
+        format!(
+            "operational_webhook_urls = [{}]",
+            config.operational_webhook_urls.join(", ")
+        ),
+        format!(
+            "operational_webhook_secret = {}",
+            if config.operational_webhook_secret.is_some() {
+                "(set)"
+            } else {
+                "(not set)"
+            }
+        ),
+        format!("log_format = {:?}", config.log_format).to_lowercase(),
+    ];
+    lines.join("\n")
 }
+
+/// Largest difference between a signature's timestamp and now that `verify`
+/// accepts, as the Standard Webhooks reference libraries do (5 minutes).
+const VERIFY_TOLERANCE_SECONDS: i64 = 5 * 60;
 
 fn verify(
     secret: &str,
@@ -147,6 +193,7 @@ fn verify(
     timestamp: i64,
     signature: &str,
     body: &std::path::Path,
+    ignore_timestamp: bool,
 ) -> anyhow::Result<()> {
     use std::io::Read;
     let mut bytes = Vec::new();
@@ -155,10 +202,18 @@ fn verify(
     } else {
         bytes = std::fs::read(body)?;
     }
-    if hookd::delivery::signing::verify(secret, id, timestamp, &bytes, signature) {
-        println!("signature valid");
-        Ok(())
-    } else {
-        anyhow::bail!("signature invalid for this secret, id, timestamp and body")
+    if let Err(reason) = hookd::model::secret::decode(secret) {
+        anyhow::bail!("invalid secret: {reason}");
     }
+    if !hookd::delivery::signing::verify(secret, id, timestamp, &bytes, signature) {
+        anyhow::bail!("signature invalid for this secret, id, timestamp and body");
+    }
+    let age = chrono::Utc::now().timestamp() - timestamp;
+    if age.abs() > VERIFY_TOLERANCE_SECONDS && !ignore_timestamp {
+        anyhow::bail!(
+            "signature matches, but the timestamp is {age} s from now, more than the {VERIFY_TOLERANCE_SECONDS} s receivers accept; pass --ignore-timestamp to check an old request"
+        );
+    }
+    println!("signature valid");
+    Ok(())
 }

@@ -1,0 +1,137 @@
+//! The `hookd` command line: `verify` and `config-check`, run as a process.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+// The example of the Standard Webhooks specification.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const MSG_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+const TIMESTAMP: &str = "1614265330";
+const SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+const BODY: &[u8] = br#"{"test": 2432232314}"#;
+
+fn hookd(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookd"));
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start hookd");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for hookd")
+}
+
+fn verify(extra: &[&str], body: &[u8]) -> Output {
+    let mut args = vec![
+        "verify",
+        "--secret",
+        SECRET,
+        "--id",
+        MSG_ID,
+        "--timestamp",
+        TIMESTAMP,
+        "--signature",
+        SIGNATURE,
+    ];
+    args.extend_from_slice(extra);
+    hookd(&args, &[], body)
+}
+
+#[test]
+fn verify_accepts_specification_example() {
+    let output = verify(&["--ignore-timestamp"], BODY);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "signature valid\n");
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn verify_rejects_old_timestamp() {
+    let output = verify(&[], BODY);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("timestamp is"), "{stderr}");
+}
+
+#[test]
+fn verify_rejects_changed_body() {
+    let output = verify(&["--ignore-timestamp"], br#"{"test": 2432232315}"#);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("signature invalid"), "{stderr}");
+}
+
+#[test]
+fn verify_names_malformed_secret() {
+    let output = hookd(
+        &[
+            "verify",
+            "--secret",
+            "bad",
+            "--id",
+            MSG_ID,
+            "--timestamp",
+            TIMESTAMP,
+            "--signature",
+            SIGNATURE,
+        ],
+        &[],
+        BODY,
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid secret"), "{stderr}");
+}
+
+#[test]
+fn config_check_prints_every_setting() {
+    let output = hookd(
+        &["config-check"],
+        &[
+            ("HOOKD_RETRY_SCHEDULE", "1s,2s"),
+            ("HOOKD_ADMIN_TOKEN", "a-long-enough-admin-token"),
+        ],
+        b"",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("retry_schedule = [1s, 2s]"), "{stdout}");
+    assert!(stdout.contains("admin_token = (set)"), "{stdout}");
+    assert!(
+        !stdout.contains("a-long-enough-admin-token"),
+        "the token must not be printed: {stdout}"
+    );
+    for key in [
+        "listen",
+        "circuit_breaker_failures",
+        "disable_endpoint_after",
+        "operational_webhook_urls",
+        "log_format",
+    ] {
+        assert!(
+            stdout.contains(&format!("{key} = ")),
+            "{key} missing from:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn invalid_setting_exits_with_its_name() {
+    let output = hookd(
+        &["config-check"],
+        &[("HOOKD_REQUEST_TIMEOUT", "ten seconds")],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HOOKD_REQUEST_TIMEOUT"), "{stderr}");
+    assert!(stderr.contains("example of a valid value: 10s"), "{stderr}");
+}
