@@ -241,3 +241,47 @@ async fn endpoint_failing_too_long_is_disabled() {
     let event = wait_for_event(&operational, "endpoint.enabled").await;
     assert_eq!(event["data"]["endpointId"], json!(endpoint));
 }
+
+#[tokio::test]
+async fn overload_shrinks_requests_in_flight() {
+    // The breaker is off, so only the adaptive limit acts: it starts at 8,
+    // and each 429 halves it, down to 1.
+    let hookd = Settings::new()
+        .set(
+            "HOOKD_RETRY_SCHEDULE",
+            "100ms,100ms,100ms,100ms,100ms,100ms",
+        )
+        .set("HOOKD_CIRCUIT_BREAKER_FAILURES", "0")
+        .set("HOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "8")
+        .set("HOOKD_INITIAL_IN_FLIGHT_PER_ENDPOINT", "8")
+        .start()
+        .await;
+    let receiver = Receiver::always(Answer::status(429).after(Duration::from_millis(100)));
+    let app = hookd.api.create_app().await;
+    hookd.api.create_endpoint(&app, &receiver.url()).await;
+    for n in 0..40 {
+        hookd
+            .api
+            .send_message(&app, &format!("{{\"n\":{n}}}"))
+            .await;
+    }
+
+    receiver.wait_for_requests(8, Duration::from_secs(10)).await;
+    assert_eq!(
+        receiver.max_open_connections(),
+        8,
+        "requests in flight before any 429"
+    );
+
+    // After the first rounds of 429, at most one request is open at a time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut most_open = 0;
+    for _ in 0..50 {
+        most_open = most_open.max(receiver.open_connections());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        most_open <= 1,
+        "{most_open} requests open at once after repeated 429s"
+    );
+}
