@@ -28,7 +28,7 @@ pub enum ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    /// A 422 for a body field.
+    /// Builds a 422 for a body field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         Self::Validation {
             location: vec!["body".to_owned(), field.to_owned()],
@@ -36,7 +36,7 @@ impl ApiError {
         }
     }
 
-    /// A 422 for a query parameter.
+    /// Builds a 422 for a query parameter.
     pub fn query(param: &str, message: impl Into<String>) -> Self {
         Self::Validation {
             location: vec!["query".to_owned(), param.to_owned()],

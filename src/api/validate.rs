@@ -36,7 +36,7 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
-/// A uid: 1 to 256 characters from `a-z A-Z 0-9 - _ .`.
+/// Checks a uid: 1 to 256 characters from `a-z A-Z 0-9 - _ .`.
 pub fn uid(field: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > MAX_NAME_LEN || !value.chars().all(is_name_char) {
         return Err(ApiError::field(
@@ -47,7 +47,7 @@ pub fn uid(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// An event type name such as `invoice.paid`: same characters as a uid.
+/// Checks an event type name such as `invoice.paid`: same characters as a uid.
 pub fn event_type_name(field: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > MAX_NAME_LEN || !value.chars().all(is_name_char) {
         return Err(ApiError::field(
@@ -94,7 +94,7 @@ pub fn event_type_list(field: &str, values: &[String]) -> Result<(), ApiError> {
         .try_for_each(|value| event_type_name(field, value))
 }
 
-/// An endpoint URL: http or https, within length, and not aimed at a blocked address.
+/// Checks an endpoint URL: http or https, within length, and not aimed at a blocked address.
 pub fn endpoint_url(field: &str, value: &str, policy: &NetworkPolicy) -> Result<String, ApiError> {
     validate_endpoint_url(value, policy)
         .map(|url| url.to_string())

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-/// How an attempt went, as far as the endpoint's health is concerned.
+/// The outcome of an attempt, as far as the endpoint's health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     /// A 2xx response, and how long it took.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// How an attempt ended, as far as retrying is concerned.
+/// The end of an attempt, as far as retrying is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The receiver answered with this status and, for 429 and 503, maybe a `Retry-After`.
@@ -21,7 +21,7 @@ pub enum Outcome {
     Blocked,
 }
 
-/// What to do with a delivery after an attempt.
+/// The decision about a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Succeeded,

@@ -236,8 +236,10 @@ pub fn mark_not_failing(conn: &Connection, endpoint_id: &str) -> Result<()> {
     if NOT_FAILING.with(|set| set.borrow().contains(endpoint_id)) {
         return Ok(());
     }
-    conn.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL")?
-        .execute([endpoint_id])?;
+    conn.prepare_cached(
+        "UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
+    )?
+    .execute([endpoint_id])?;
     NOT_FAILING.with(|set| {
         let mut set = set.borrow_mut();
         if set.len() >= 100_000 {
@@ -251,8 +253,10 @@ pub fn mark_not_failing(conn: &Connection, endpoint_id: &str) -> Result<()> {
 /// Starts an endpoint's failure clock at `now` unless it is running.
 pub fn mark_failing(conn: &Connection, endpoint_id: &str, now: Millis) -> Result<()> {
     NOT_FAILING.with(|set| set.borrow_mut().remove(endpoint_id));
-    conn.prepare_cached("UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL")?
-        .execute(params![endpoint_id, now])?;
+    conn.prepare_cached(
+        "UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL",
+    )?
+    .execute(params![endpoint_id, now])?;
     Ok(())
 }
 

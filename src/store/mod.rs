@@ -92,6 +92,27 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+impl Inner {
+    /// Runs `f` on an idle read-only connection, opening one when none is idle.
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let idle = self
+            .readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_connection(&self.path, true)?,
+        };
+        let result = f(&conn);
+        self.readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .push(conn);
+        result
+    }
+}
+
 impl Store {
     /// Opens (and creates or migrates) the database in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
@@ -169,23 +190,7 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<T>,
     {
-        let idle = self
-            .inner
-            .readers
-            .lock()
-            .expect("reader pool lock is never poisoned")
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => open_connection(&self.inner.path, true)?,
-        };
-        let result = f(&conn);
-        self.inner
-            .readers
-            .lock()
-            .expect("reader pool lock is never poisoned")
-            .push(conn);
-        result
+        self.inner.with_reader(f)
     }
 
     /// Runs `f` on a read-only connection on the blocking thread pool, for
@@ -202,26 +207,9 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let idle = inner
-                .readers
-                .lock()
-                .expect("reader pool lock is never poisoned")
-                .pop();
-            let conn = match idle {
-                Some(conn) => conn,
-                None => open_connection(&inner.path, true)?,
-            };
-            let result = f(&conn);
-            inner
-                .readers
-                .lock()
-                .expect("reader pool lock is never poisoned")
-                .push(conn);
-            result
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?;
+        let result = tokio::task::spawn_blocking(move || inner.with_reader(f))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         drop(permit);
         result
     }
