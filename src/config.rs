@@ -232,7 +232,10 @@ impl Config {
                 "operational_webhook_urls",
                 parsed.operational_webhook_urls.map(StringOrList::joined),
             );
-            put("operational_webhook_secret", parsed.operational_webhook_secret);
+            put(
+                "operational_webhook_secret",
+                parsed.operational_webhook_secret,
+            );
         }
 
         for (name, value) in env {
@@ -291,21 +294,22 @@ impl Config {
             parse(raw, "max_in_flight_per_endpoint", "64", "64", |v| {
                 parse_count(v, 1, 10_000)
             })?;
-        let min_in_flight_per_endpoint =
-            parse(raw, "min_in_flight_per_endpoint", "1", "1", |v| {
-                parse_count(v, 1, max_in_flight_per_endpoint)
-            })?;
+        let min_in_flight_per_endpoint = parse(raw, "min_in_flight_per_endpoint", "1", "1", |v| {
+            parse_count(v, 1, max_in_flight_per_endpoint)
+        })?;
         let initial_default = 2usize
             .clamp(min_in_flight_per_endpoint, max_in_flight_per_endpoint)
             .to_string();
-        let initial_in_flight_per_endpoint =
-            parse(raw, "initial_in_flight_per_endpoint", &initial_default, "2", |v| {
-                parse_count(v, min_in_flight_per_endpoint, max_in_flight_per_endpoint)
-            })?;
-        let circuit_breaker_failures =
-            parse(raw, "circuit_breaker_failures", "5", "5", |v| {
-                parse_count(v, 0, 1_000_000).map(|n| n as u32)
-            })?;
+        let initial_in_flight_per_endpoint = parse(
+            raw,
+            "initial_in_flight_per_endpoint",
+            &initial_default,
+            "2",
+            |v| parse_count(v, min_in_flight_per_endpoint, max_in_flight_per_endpoint),
+        )?;
+        let circuit_breaker_failures = parse(raw, "circuit_breaker_failures", "5", "5", |v| {
+            parse_count(v, 0, 1_000_000).map(|n| n as u32)
+        })?;
         let max_in_flight = parse(raw, "max_in_flight", "4096", "4096", |v| {
             parse_count(v, 1, 1_000_000)
         })?;
@@ -316,10 +320,16 @@ impl Config {
             parse_count(v, 0, 1 << 20)
         })?;
         let disable_endpoint_after =
-            parse(raw, "disable_endpoint_after", "3days", "3days", |v| match v {
-                "never" => Ok(None),
-                _ => parse_positive_duration(v, Duration::from_secs(365 * 24 * 3600)).map(Some),
-            })?;
+            parse(
+                raw,
+                "disable_endpoint_after",
+                "3days",
+                "3days",
+                |v| match v {
+                    "never" => Ok(None),
+                    _ => parse_positive_duration(v, Duration::from_secs(365 * 24 * 3600)).map(Some),
+                },
+            )?;
         let operational_webhook_urls = parse(
             raw,
             "operational_webhook_urls",
@@ -337,7 +347,12 @@ impl Config {
         let operational_webhook_secret = match raw.get("operational_webhook_secret") {
             Some((source, value)) => {
                 if let Err(reason) = crate::model::secret::decode(value) {
-                    return Err(invalid(source, "<redacted>", &reason, "whsec_ followed by base64 of 32 random bytes"));
+                    return Err(invalid(
+                        source,
+                        "<redacted>",
+                        &reason,
+                        "whsec_ followed by base64 of 32 random bytes",
+                    ));
                 }
                 Some(value.to_owned())
             }

@@ -104,7 +104,10 @@ impl Server {
         let token_hash = admin_token_hash(&store, config.admin_token.as_deref()).await?;
 
         let urls = config.operational_webhook_urls.clone();
-        let secret = config.operational_webhook_secret.clone().unwrap_or_default();
+        let secret = config
+            .operational_webhook_secret
+            .clone()
+            .unwrap_or_default();
         let now = crate::model::now_ms();
         let operational_app_id = store
             .write(move |conn| crate::store::operational::sync(conn, &urls, &secret, now))
@@ -116,12 +119,8 @@ impl Server {
         let drain = config.request_timeout + Duration::from_secs(1);
         let mut engine_settings = EngineSettings::from_config(&config);
         engine_settings.operational_app_id = operational_app_id.clone();
-        let (engine, engine_task) = Engine::start(
-            store.clone(),
-            engine_settings,
-            engine_stop,
-            drain,
-        );
+        let (engine, engine_task) =
+            Engine::start(store.clone(), engine_settings, engine_stop, drain);
 
         let state = AppState {
             store: store.clone(),

@@ -53,16 +53,34 @@ pub mod metric {
 /// Installs the Prometheus recorder once per process and returns the handle
 /// that renders `/metrics`.
 pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
             use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-            let seconds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-            let jobs = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0];
+            let seconds = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let jobs = [
+                1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0,
+            ];
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(metric::ATTEMPT_DURATION.to_owned()), &seconds)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(metric::STORE_COMMIT_DURATION.to_owned()), &seconds))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(metric::STORE_COMMIT_JOBS.to_owned()), &jobs))
+                .set_buckets_for_metric(
+                    Matcher::Full(metric::ATTEMPT_DURATION.to_owned()),
+                    &seconds,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(metric::STORE_COMMIT_DURATION.to_owned()),
+                        &seconds,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(metric::STORE_COMMIT_JOBS.to_owned()),
+                        &jobs,
+                    )
+                })
                 .expect("bucket lists are not empty")
                 .build_recorder();
             let handle = recorder.handle();

@@ -199,13 +199,19 @@ fn parse_retry_schedule(delays: &[String]) -> ApiResult<Vec<u64>> {
 
 /// Saves a changed endpoint; enabling or disabling it also stores an
 /// operational event, whose deliveries are handed to the scheduler.
-async fn save_with_events(state: &AppState, endpoint: &Endpoint, was_disabled: bool) -> ApiResult<()> {
+async fn save_with_events(
+    state: &AppState,
+    endpoint: &Endpoint,
+    was_disabled: bool,
+) -> ApiResult<()> {
     let saved = endpoint.clone();
     let operational = state.operational_app_id.clone();
     let now = now_ms();
     let created = state
         .store
-        .write(move |conn| store::save_with_events(conn, &saved, was_disabled, operational.as_deref(), now))
+        .write(move |conn| {
+            store::save_with_events(conn, &saved, was_disabled, operational.as_deref(), now)
+        })
         .await?;
     state.engine.enqueue(created);
     Ok(())

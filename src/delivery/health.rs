@@ -63,9 +63,14 @@ impl HealthSettings {
 pub enum BreakerState {
     Closed,
     /// No requests until `probe_at`; `failed_probes` probes have failed since it opened.
-    Open { probe_at: Instant, failed_probes: u32 },
+    Open {
+        probe_at: Instant,
+        failed_probes: u32,
+    },
     /// One probe is in flight.
-    Probing { failed_probes: u32 },
+    Probing {
+        failed_probes: u32,
+    },
 }
 
 /// The health of one endpoint.
@@ -82,7 +87,9 @@ pub struct EndpointHealth {
 impl EndpointHealth {
     pub fn new(settings: &HealthSettings) -> Self {
         Self {
-            limit: settings.initial_limit.clamp(settings.min_limit.max(1), settings.max_limit) as f64,
+            limit: settings
+                .initial_limit
+                .clamp(settings.min_limit.max(1), settings.max_limit) as f64,
             consecutive_failures: 0,
             breaker: BreakerState::Closed,
             usual_latency: None,
@@ -96,7 +103,9 @@ impl EndpointHealth {
     /// Returns how many requests may be in flight to the endpoint at `now`.
     pub fn capacity(&self, settings: &HealthSettings, now: Instant) -> usize {
         match self.breaker {
-            BreakerState::Closed => (self.limit.floor() as usize).clamp(settings.min_limit.max(1), settings.max_limit),
+            BreakerState::Closed => {
+                (self.limit.floor() as usize).clamp(settings.min_limit.max(1), settings.max_limit)
+            }
             BreakerState::Open { probe_at, .. } if now >= probe_at => 1,
             BreakerState::Open { .. } | BreakerState::Probing { .. } => 0,
         }
@@ -133,11 +142,16 @@ impl EndpointHealth {
                     // Much slower than usual: the receiver is queueing.
                     self.limit = (self.limit * 0.9).max(settings.min_limit.max(1) as f64);
                 } else {
-                    self.limit = (self.limit + 1.0 / self.limit.max(1.0)).min(settings.max_limit as f64);
+                    self.limit =
+                        (self.limit + 1.0 / self.limit.max(1.0)).min(settings.max_limit as f64);
                 }
                 // Follow decreases at once and increases slowly, so the
                 // baseline tracks what the receiver does when it is well.
-                self.usual_latency = Some(if seconds < usual { seconds } else { usual * 0.95 + seconds * 0.05 });
+                self.usual_latency = Some(if seconds < usual {
+                    seconds
+                } else {
+                    usual * 0.95 + seconds * 0.05
+                });
             }
             Signal::Overload | Signal::Failure => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
@@ -152,7 +166,8 @@ impl EndpointHealth {
                         };
                     }
                     BreakerState::Closed
-                        if settings.failures_to_open > 0 && self.consecutive_failures >= settings.failures_to_open =>
+                        if settings.failures_to_open > 0
+                            && self.consecutive_failures >= settings.failures_to_open =>
                     {
                         self.breaker = BreakerState::Open {
                             probe_at: now + settings.probe_delay(0),
@@ -199,7 +214,13 @@ mod tests {
         assert_eq!(health.breaker(), BreakerState::Closed);
         assert_eq!(health.capacity(&settings, now), 16);
         health.on_result(Signal::Failure, &settings, now);
-        assert!(matches!(health.breaker(), BreakerState::Open { failed_probes: 0, .. }));
+        assert!(matches!(
+            health.breaker(),
+            BreakerState::Open {
+                failed_probes: 0,
+                ..
+            }
+        ));
         assert_eq!(health.capacity(&settings, now), 0);
     }
 
@@ -228,12 +249,22 @@ mod tests {
         }
         let probe_at = health.probe_at().unwrap();
         let delay = probe_at - now;
-        assert!(delay >= Duration::from_secs(24) && delay < Duration::from_secs(36), "{delay:?}");
-        assert_eq!(health.capacity(&settings, probe_at - Duration::from_millis(1)), 0);
+        assert!(
+            delay >= Duration::from_secs(24) && delay < Duration::from_secs(36),
+            "{delay:?}"
+        );
+        assert_eq!(
+            health.capacity(&settings, probe_at - Duration::from_millis(1)),
+            0
+        );
         assert_eq!(health.capacity(&settings, probe_at), 1);
 
         health.on_dispatch();
-        assert_eq!(health.capacity(&settings, probe_at), 0, "only one probe at a time");
+        assert_eq!(
+            health.capacity(&settings, probe_at),
+            0,
+            "only one probe at a time"
+        );
     }
 
     #[test]
@@ -247,12 +278,18 @@ mod tests {
         health.on_dispatch();
         health.on_result(Signal::Failure, &settings, now);
         let delay = health.probe_at().unwrap() - now;
-        assert!(delay >= Duration::from_secs(72) && delay < Duration::from_secs(108), "{delay:?}");
+        assert!(
+            delay >= Duration::from_secs(72) && delay < Duration::from_secs(108),
+            "{delay:?}"
+        );
         // Past the end of the list, the last delay repeats.
         health.on_dispatch();
         health.on_result(Signal::Failure, &settings, now);
         let delay = health.probe_at().unwrap() - now;
-        assert!(delay >= Duration::from_secs(72) && delay < Duration::from_secs(108), "{delay:?}");
+        assert!(
+            delay >= Duration::from_secs(72) && delay < Duration::from_secs(108),
+            "{delay:?}"
+        );
     }
 
     #[test]
@@ -273,7 +310,10 @@ mod tests {
             health.on_result(Signal::Success(Duration::from_millis(5)), &settings, now);
             capacities.push(health.capacity(&settings, now));
         }
-        assert!(capacities.windows(2).all(|w| w[1] >= w[0]), "the limit never drops while healthy");
+        assert!(
+            capacities.windows(2).all(|w| w[1] >= w[0]),
+            "the limit never drops while healthy"
+        );
         assert_eq!(capacities[0], 2);
         assert_eq!(*capacities.last().unwrap(), 16);
         assert!(health.is_calm());
@@ -291,7 +331,11 @@ mod tests {
         assert_eq!(health.capacity(&settings, now), 2);
         health.on_result(Signal::Overload, &settings, now);
         health.on_result(Signal::Success(Duration::from_millis(5)), &settings, now);
-        assert_eq!(health.capacity(&settings, now), 2, "1 + 1/1 after a success");
+        assert_eq!(
+            health.capacity(&settings, now),
+            2,
+            "1 + 1/1 after a success"
+        );
         health.on_result(Signal::Overload, &settings, now);
         health.on_result(Signal::Overload, &settings, now);
         assert_eq!(health.capacity(&settings, now), 1, "never below min_limit");
@@ -309,7 +353,11 @@ mod tests {
         for _ in 0..10 {
             health.on_result(Signal::Success(Duration::from_millis(900)), &settings, now);
         }
-        assert!(health.capacity(&settings, now) < 16, "{}", health.capacity(&settings, now));
+        assert!(
+            health.capacity(&settings, now) < 16,
+            "{}",
+            health.capacity(&settings, now)
+        );
     }
 
     #[test]

@@ -33,13 +33,21 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the recording task, which runs until every handle is dropped.
-    pub fn start(store: Store, disable_after_ms: Option<Millis>, operational_app_id: Option<String>) -> Self {
+    pub fn start(
+        store: Store,
+        disable_after_ms: Option<Millis>,
+        operational_app_id: Option<String>,
+    ) -> Self {
         let (records, mut incoming) = mpsc::unbounded_channel::<Record>();
         let operational_app_id: Option<Arc<str>> = operational_app_id.map(Arc::from);
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
             while let Some(first) = incoming.recv().await {
-                let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let permit = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match incoming.try_recv() {
@@ -59,10 +67,20 @@ impl Recorder {
     }
 
     /// Records an attempt and the delivery's next step; returns once durable.
-    pub async fn record(&self, attempt: Attempt, next: NextStep, finished: Millis) -> Result<Vec<NewDelivery>, StoreError> {
+    pub async fn record(
+        &self,
+        attempt: Attempt,
+        next: NextStep,
+        finished: Millis,
+    ) -> Result<Vec<NewDelivery>, StoreError> {
         let (reply, result) = oneshot::channel();
         self.records
-            .send(Record { attempt, next, finished, reply })
+            .send(Record {
+                attempt,
+                next,
+                finished,
+                reply,
+            })
             .map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Unavailable)?
     }
@@ -86,7 +104,9 @@ async fn commit_batch(
                 operational_app_id: operational_app_id.as_deref(),
             };
             work.iter()
-                .map(|(attempt, next, finished)| deliveries::record_attempt(conn, attempt, *next, *finished, &rules))
+                .map(|(attempt, next, finished)| {
+                    deliveries::record_attempt(conn, attempt, *next, *finished, &rules)
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await;

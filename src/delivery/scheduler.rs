@@ -93,7 +93,10 @@ enum Event {
     /// Deliveries just committed by the API.
     Enqueue(Vec<NewDelivery>),
     /// A worker has its response; the endpoint's slot is free.
-    Sent { endpoint_id: Arc<str>, signal: Signal },
+    Sent {
+        endpoint_id: Arc<str>,
+        signal: Signal,
+    },
     /// A worker finished with a delivery: its attempt is recorded, or none was needed.
     Finished {
         endpoint_id: Arc<str>,
@@ -137,7 +140,9 @@ impl Engine {
             rate_limiters: Default::default(),
             recorder: super::recorder::Recorder::start(
                 store.clone(),
-                settings.disable_endpoint_after.map(|d| d.as_millis() as i64),
+                settings
+                    .disable_endpoint_after
+                    .map(|d| d.as_millis() as i64),
                 settings.operational_app_id.clone(),
             ),
             store: store.clone(),
@@ -309,7 +314,10 @@ impl Scheduler {
                     );
                 }
             }
-            Event::Sent { endpoint_id, signal } => self.sent(endpoint_id, signal),
+            Event::Sent {
+                endpoint_id,
+                signal,
+            } => self.sent(endpoint_id, signal),
             Event::Finished {
                 endpoint_id,
                 delivery_id,
@@ -396,7 +404,8 @@ impl Scheduler {
     fn capacity(&self, endpoint_id: &Arc<str>) -> usize {
         match self.health.get(endpoint_id) {
             Some(health) => health.capacity(&self.health_settings, Instant::now()),
-            None => EndpointHealth::new(&self.health_settings).capacity(&self.health_settings, Instant::now()),
+            None => EndpointHealth::new(&self.health_settings)
+                .capacity(&self.health_settings, Instant::now()),
         }
     }
 
@@ -423,8 +432,13 @@ impl Scheduler {
             let was_closed = health.breaker() == BreakerState::Closed;
             health.on_result(signal, settings, Instant::now());
             match health.breaker() {
-                BreakerState::Open { probe_at, failed_probes } if was_closed || failed_probes > 0 => {
-                    let probe_in_ms = probe_at.saturating_duration_since(Instant::now()).as_millis() as u64;
+                BreakerState::Open {
+                    probe_at,
+                    failed_probes,
+                } if was_closed || failed_probes > 0 => {
+                    let probe_in_ms = probe_at
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64;
                     if was_closed {
                         tracing::warn!(endpoint_id = %endpoint_id, probe_in_ms, "circuit breaker opened; holding deliveries and probing");
                     } else {
@@ -454,7 +468,10 @@ impl Scheduler {
     /// was needed); until then a refill must not queue it again.
     fn finish(&mut self, endpoint_id: Arc<str>, delivery_id: i64, result: RunResult) {
         for delivery in result.new_deliveries {
-            self.push(Arc::from(delivery.endpoint_id.as_str()), delivery.delivery_id);
+            self.push(
+                Arc::from(delivery.endpoint_id.as_str()),
+                delivery.delivery_id,
+            );
         }
         self.in_flight -= 1;
         if !result.sent {
@@ -548,8 +565,9 @@ impl Scheduler {
 
         if self.health.len() > MAX_HEALTH_ENTRIES {
             let queues = &self.queues;
-            self.health
-                .retain(|endpoint_id, health| !health.is_calm() || queues.contains_key(endpoint_id));
+            self.health.retain(|endpoint_id, health| {
+                !health.is_calm() || queues.contains_key(endpoint_id)
+            });
         }
 
         // Let through the probes that became due, and count breaker states.
@@ -569,8 +587,10 @@ impl Scheduler {
             }
         }
         metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "open").set(f64::from(open));
-        metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "probing").set(f64::from(probing));
-        metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "closed_limited").set(f64::from(limited));
+        metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "probing")
+            .set(f64::from(probing));
+        metrics::gauge!(metric::ENDPOINTS_BY_BREAKER_STATE, "state" => "closed_limited")
+            .set(f64::from(limited));
         for endpoint_id in due_probes {
             self.make_ready(&endpoint_id);
         }
@@ -668,7 +688,8 @@ impl Scheduler {
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "cannot scan for due retries; will try again");
-                        metrics::counter!(metric::STORE_ERRORS, "operation" => "retry_scan").increment(1);
+                        metrics::counter!(metric::STORE_ERRORS, "operation" => "retry_scan")
+                            .increment(1);
                         // Report no progress so the same window is scanned again.
                         let _ = events.send(Event::RetriesDue {
                             retries: Vec::new(),

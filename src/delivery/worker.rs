@@ -47,12 +47,17 @@ impl RateLimiters {
             return false;
         };
         let limiter = {
-            let mut limiters = self.limiters.lock().expect("the limiter map lock is never poisoned");
+            let mut limiters = self
+                .limiters
+                .lock()
+                .expect("the limiter map lock is never poisoned");
             match limiters.get(endpoint_id) {
                 Some((current, limiter)) if *current == rate => limiter.clone(),
                 _ => {
                     // A burst of one second's worth, so a steady rate passes unchanged.
-                    let limiter = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(per_second)));
+                    let limiter = Arc::new(governor::RateLimiter::direct(
+                        governor::Quota::per_second(per_second),
+                    ));
                     limiters.insert(endpoint_id.to_owned(), (rate, limiter.clone()));
                     limiter
                 }
@@ -106,8 +111,13 @@ pub async fn run(context: Arc<WorkerContext>, delivery_id: i64, on_sent: OnSent)
 /// Maps an attempt's outcome to a health signal for its endpoint.
 fn health_signal(outcome: &Outcome, duration: std::time::Duration) -> Signal {
     match outcome {
-        Outcome::Response { status, .. } if (200..300).contains(status) => Signal::Success(duration),
-        Outcome::Response { status: 429 | 503, .. } | Outcome::Timeout => Signal::Overload,
+        Outcome::Response { status, .. } if (200..300).contains(status) => {
+            Signal::Success(duration)
+        }
+        Outcome::Response {
+            status: 429 | 503, ..
+        }
+        | Outcome::Timeout => Signal::Overload,
         _ => Signal::Failure,
     }
 }
