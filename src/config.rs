@@ -37,7 +37,7 @@ pub struct Config {
     /// Lowest adaptive limit of requests in flight to one endpoint (`min_in_flight_per_endpoint`).
     pub min_in_flight_per_endpoint: usize,
     /// Limit of requests in flight that an endpoint starts with, growing
-    /// while it answers well (`initial_in_flight_per_endpoint`).
+    /// while it responds well (`initial_in_flight_per_endpoint`).
     pub initial_in_flight_per_endpoint: usize,
     /// Consecutive failed attempts that open an endpoint's circuit breaker;
     /// 0 turns the breaker off (`circuit_breaker_failures`).
@@ -128,7 +128,7 @@ impl StringOrList {
 }
 
 /// Raw values by key, before parsing; the key is the file key, and the
-/// source says how to report it (file key or environment variable).
+/// source is the name errors report (file key or environment variable).
 struct RawValues {
     values: BTreeMap<&'static str, (String, String)>,
 }

@@ -275,13 +275,13 @@ async fn overload_shrinks_requests_in_flight() {
 
     // After the first rounds of 429, at most one request is open at a time.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut most_open = 0;
+    let mut max_open = 0;
     for _ in 0..50 {
-        most_open = most_open.max(receiver.open_connections());
+        max_open = max_open.max(receiver.open_connections());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        most_open <= 1,
-        "{most_open} requests open at once after repeated 429s"
+        max_open <= 1,
+        "{max_open} requests open at once after repeated 429s"
     );
 }

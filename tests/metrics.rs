@@ -1,4 +1,4 @@
-//! `/metrics`, read after real deliveries. This file holds one test because
+//! `/metrics`, read after real deliveries. This file contains one test because
 //! the metrics recorder is global to the test process.
 
 mod common;

@@ -81,7 +81,7 @@ impl QueryParams {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Every value of a repeated key, also splitting comma-separated values.
+    /// Returns every value of a repeated key, also splitting comma-separated values.
     pub fn get_all(&self, key: &str) -> Option<Vec<String>> {
         let values: Vec<String> = self
             .0
@@ -124,7 +124,7 @@ impl QueryParams {
             .transpose()
     }
 
-    /// The page request: `limit` (1 to 250, default 50), `iterator`, and
+    /// Parses the page request: `limit` (1 to 250, default 50), `iterator`, and
     /// `order` (`ascending` or `descending`) with the list's default order.
     pub fn page(&self, descending_by_default: bool) -> Result<PageRequest, ApiError> {
         let limit = match self.get("limit") {

@@ -300,7 +300,7 @@ struct MessageEndpointOut {
     next_attempt: Option<String>,
 }
 
-/// The status of the message at each endpoint it was sent to.
+/// Lists the status of the message at each endpoint it was sent to.
 async fn list_destinations(
     State(state): State<AppState>,
     Path((app_id, msg_id)): Path<(String, String)>,
@@ -347,7 +347,7 @@ async fn list_destinations(
     )))
 }
 
-/// The status shown for a delivery: pending before its first attempt,
+/// Returns the status shown for a delivery: pending before its first attempt,
 /// sending while retries remain, then its final status.
 pub fn shown_status(status: DeliveryStatus, attempts: u32) -> DeliveryStatus {
     if status == DeliveryStatus::Pending && attempts > 0 {

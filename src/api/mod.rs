@@ -30,7 +30,7 @@ use crate::delivery::Engine;
 use crate::model::Millis;
 use crate::store::Store;
 
-/// What every handler can reach.
+/// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -117,7 +117,7 @@ pub struct ListResponse<T> {
 }
 
 impl<T> ListResponse<T> {
-    /// Builds a page from up to `limit + 1` rows; the extra row only tells
+    /// Builds a page from up to `limit + 1` rows; the extra row only shows
     /// that the list is not done. `key` gives the iterator of a row.
     pub fn from_rows<R>(
         mut rows: Vec<R>,

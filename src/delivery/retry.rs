@@ -1,5 +1,5 @@
 //! Whether an attempt is retried ([`classify`]) and when ([`RetryPolicy`]).
-//! Neither knows about storage.
+//! Neither touches storage.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use rand::Rng;
 /// The end of an attempt, as far as retrying is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The receiver answered with this status and, for 429 and 503, maybe a `Retry-After`.
+    /// A response with this status and, for 429 and 503, an optional `Retry-After`.
     Response {
         status: u16,
         retry_after: Option<Duration>,
@@ -29,7 +29,7 @@ pub enum Decision {
     Retry {
         not_before: Option<Duration>,
     },
-    /// 410 Gone: the receiver asks never to be called again.
+    /// 410 Gone: the receiver requests no further deliveries.
     Gone,
 }
 

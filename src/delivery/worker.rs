@@ -194,7 +194,7 @@ async fn attempt(
     let decision = classify(&response.outcome);
     // Free the endpoint's slot now, unless the outcome disables the endpoint:
     // then the slot stays taken until that is committed, so no other request
-    // starts towards an endpoint that answered 410 Gone.
+    // starts towards an endpoint that returned 410 Gone.
     if decision != Decision::Gone {
         if let Some(on_sent) = on_sent.take() {
             on_sent(health_signal(&response.outcome, response.duration));

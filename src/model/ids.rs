@@ -17,7 +17,7 @@ pub const ATTEMPT: &str = "atmpt";
 pub const TASK: &str = "qtask";
 
 /// Returns true when `value` looks like an id with the given prefix, so that a
-/// path segment can be told apart from a caller-chosen uid.
+/// path segment can be distinguished from a caller-chosen uid.
 pub fn has_prefix(value: &str, prefix: &str) -> bool {
     value.len() == prefix.len() + 27
         && value.starts_with(prefix)

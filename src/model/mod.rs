@@ -151,7 +151,7 @@ impl DeliveryStatus {
     }
 }
 
-/// What started an attempt: the automatic schedule or an operator's resend or recover.
+/// The origin of an attempt: the automatic schedule or an operator's resend or recover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Scheduled = 0,
@@ -201,7 +201,7 @@ pub struct Attempt {
     pub response: String,
     pub response_truncated: bool,
     pub duration_ms: i64,
-    /// Why no usable response arrived (`timeout`, `connect`, `blocked`, …).
+    /// The reason no usable response arrived (`timeout`, `connect`, `blocked`, …).
     pub error_kind: Option<String>,
     pub trigger: Trigger,
     pub created_at: Millis,

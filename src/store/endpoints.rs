@@ -210,7 +210,7 @@ pub fn list(conn: &Connection, app_id: &str, page: &PageRequest) -> Result<Vec<E
 thread_local! {
     /// Enabled endpoints by application, for fan-out. Fan-out and every
     /// endpoint change run on the store's writer thread, so a cache per thread
-    /// sees every change; each change, and each rolled-back job, clears it.
+    /// observes every change. Each change, and each rolled-back job, clears it.
     static FAN_OUT_CACHE: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<[Endpoint]>>> =
         Default::default();
 }

@@ -140,7 +140,7 @@ pub fn emit(
     Ok(messages::create(conn, message)?.deliveries)
 }
 
-/// The `data` of an event about an endpoint.
+/// Builds the `data` of an event about an endpoint.
 pub fn endpoint_data(
     conn: &Connection,
     endpoint: &Endpoint,
