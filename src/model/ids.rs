@@ -3,11 +3,27 @@
 //! The part after the prefix is a ULID, so ids sort by creation time and
 //! cursor pagination can order by id alone.
 
-use ulid::Ulid;
+use std::sync::Mutex;
+
+use ulid::{Generator, Ulid};
+
+/// One generator for the process, so ids made within the same millisecond
+/// still sort in the order they were made (the random part is incremented).
+static GENERATOR: Mutex<Generator> = Mutex::new(Generator::new());
 
 /// Generates a new id such as `msg_01JEXAMPLE…` for the given prefix.
+/// Ids generated later in this process sort after earlier ones.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", Ulid::new())
+    let ulid = {
+        GENERATOR
+            .lock()
+            .expect("the id generator lock is never poisoned")
+            .generate()
+            // Overflow takes 2^80 ids in one millisecond; fall back to a
+            // fresh random id rather than failing.
+            .unwrap_or_else(|_| Ulid::new())
+    };
+    format!("{prefix}_{ulid}")
 }
 
 pub const APPLICATION: &str = "app";
@@ -15,6 +31,7 @@ pub const ENDPOINT: &str = "ep";
 pub const MESSAGE: &str = "msg";
 pub const ATTEMPT: &str = "atmpt";
 pub const TASK: &str = "qtask";
+pub const DEAD_LETTER: &str = "dlr";
 
 /// Returns true when `value` looks like an id with the given prefix, so that a
 /// path segment can be distinguished from a caller-chosen uid.
@@ -34,6 +51,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let second = new_id(MESSAGE);
         assert!(first < second, "{first} should sort before {second}");
+    }
+
+    #[test]
+    fn ids_made_in_the_same_millisecond_keep_their_order() {
+        let ids: Vec<String> = (0..1000).map(|_| new_id(MESSAGE)).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
     }
 
     #[test]
