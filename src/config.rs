@@ -11,6 +11,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::source::SourcesConfig;
+
 /// The validated settings of a running hookd.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -59,6 +61,9 @@ pub struct Config {
     pub operational_webhook_secret: Option<String>,
     /// `text` or `json` log lines (`log_format`, `HOOKD_LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// Kafka topics and NATS streams to consume (`[[sources.kafka]]` and
+    /// `[[sources.nats]]`, in the file only).
+    pub sources: SourcesConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,8 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    InvalidSource { path: PathBuf, message: String },
     #[error("invalid value {value:?} for {key}: {reason}; example of a valid value: {example}")]
     InvalidValue {
         key: String,
@@ -108,6 +115,7 @@ struct FileConfig {
     disable_endpoint_after: Option<String>,
     operational_webhook_urls: Option<StringOrList>,
     operational_webhook_secret: Option<String>,
+    sources: Option<SourcesConfig>,
 }
 
 /// A list written either as a TOML array or as one comma-separated string.
@@ -172,17 +180,34 @@ impl Config {
         let mut raw = RawValues {
             values: BTreeMap::new(),
         };
+        let mut sources = SourcesConfig::default();
 
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
                 path: path.to_owned(),
                 source,
             })?;
-            let parsed: FileConfig =
-                toml::from_str(&text).map_err(|err| ConfigError::ParseFile {
-                    path: path.to_owned(),
-                    message: err.message().to_owned(),
-                })?;
+            // The path to the failing key matters most in nested tables
+            // such as `sources.kafka[0].mapping.application`.
+            let parsed: FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(
+                &text,
+            ))
+            .map_err(|err| ConfigError::ParseFile {
+                path: path.to_owned(),
+                message: match err.path().to_string().as_str() {
+                    "." => err.inner().message().to_owned(),
+                    key => format!("{key}: {}", err.inner().message()),
+                },
+            })?;
+            if let Some(parsed_sources) = parsed.sources {
+                parsed_sources
+                    .validate()
+                    .map_err(|message| ConfigError::InvalidSource {
+                        path: path.to_owned(),
+                        message,
+                    })?;
+                sources = parsed_sources;
+            }
             let mut put = |key: &'static str, value: Option<String>| {
                 if let Some(value) = value {
                     raw.values.insert(key, (key.to_owned(), value));
@@ -248,7 +273,9 @@ impl Config {
             }
         }
 
-        Self::from_raw(&raw)
+        let mut config = Self::from_raw(&raw)?;
+        config.sources = sources;
+        Ok(config)
     }
 
     fn from_raw(raw: &RawValues) -> Result<Self, ConfigError> {
@@ -391,6 +418,7 @@ impl Config {
             disable_endpoint_after,
             operational_webhook_urls,
             operational_webhook_secret,
+            sources: SourcesConfig::default(),
         })
     }
 

@@ -7,6 +7,7 @@
 //! - [`api`]: the Svix-compatible REST API (axum routers, auth, one error shape).
 //! - [`store`]: the embedded SQLite store, with group commits on one writer thread.
 //! - [`delivery`]: the per-endpoint scheduler, the HTTP sender, retry policy, signing and SSRF guard.
+//! - [`source`]: Kafka and NATS JetStream consumers that turn records into messages.
 //! - [`server`]: wires the store, the delivery engine and the API into a running service.
 //! - [`telemetry`]: logging set-up.
 
@@ -15,5 +16,6 @@ pub mod config;
 pub mod delivery;
 pub mod model;
 pub mod server;
+pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -126,7 +126,7 @@ fn describe(config: &Config) -> String {
         .iter()
         .map(ToString::to_string)
         .collect();
-    let lines = [
+    let mut lines = vec![
         format!("listen = {}", config.listen),
         format!("data_dir = {}", config.data_dir.display()),
         format!(
@@ -180,6 +180,26 @@ fn describe(config: &Config) -> String {
         ),
         format!("log_format = {:?}", config.log_format).to_lowercase(),
     ];
+    // Source properties may hold passwords, so only their keys are shown.
+    for (index, source) in config.sources.kafka.iter().enumerate() {
+        let properties: Vec<&str> = source.properties.keys().map(String::as_str).collect();
+        lines.push(format!(
+            "source {} = kafka, brokers {}, topics [{}], group {}, properties set: [{}]",
+            source.name(index),
+            source.brokers,
+            source.topics.join(", "),
+            source.group_id,
+            properties.join(", ")
+        ));
+    }
+    for (index, source) in config.sources.nats.iter().enumerate() {
+        lines.push(format!(
+            "source {} = nats, stream {}, consumer {}",
+            source.name(index),
+            source.stream,
+            source.consumer
+        ));
+    }
     lines.join("\n")
 }
 

@@ -122,9 +122,18 @@ impl Server {
         let (engine, engine_task) =
             Engine::start(store.clone(), engine_settings, engine_stop, drain);
 
+        let ingest = crate::source::Ingest {
+            store: store.clone(),
+            engine: engine.clone(),
+            max_payload_bytes: config.max_payload_bytes,
+        };
+        let (sources, source_tasks) =
+            crate::source::start(&config.sources, ingest, stop_rx.clone());
+
         let state = AppState {
             store: store.clone(),
             engine,
+            sources,
             network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
             admin_token_hash: Arc::new(token_hash),
             max_payload_bytes: config.max_payload_bytes,
@@ -142,6 +151,10 @@ impl Server {
             .await
             .context("the HTTP server failed")?;
 
+        // Sources stop before the store closes: each acknowledges what it stored.
+        for task in source_tasks {
+            let _ = task.await;
+        }
         let _ = engine_task.await;
         store.close();
         tracing::info!("hookd stopped");

@@ -48,6 +48,18 @@ pub mod metric {
     pub const STORE_COMMIT_JOBS: &str = "hookd_store_commit_jobs";
     /// Counter, label `operation`: begin, commit, record_attempt, refill, retry_scan.
     pub const STORE_ERRORS: &str = "hookd_store_errors_total";
+    /// Counter, label `source`: records read from a stream source.
+    pub const SOURCE_RECORDS: &str = "hookd_source_records_total";
+    /// Counter, label `source`: messages created from a source's records.
+    pub const SOURCE_MESSAGES: &str = "hookd_source_messages_total";
+    /// Counter, labels `source` and `reason`: records stored as dead letters.
+    pub const SOURCE_DEAD_LETTERS: &str = "hookd_source_dead_letters_total";
+    /// Gauge, label `source`: records in the stream not yet consumed, as the
+    /// broker reports it.
+    pub const SOURCE_LAG: &str = "hookd_source_lag";
+    /// Counter, labels `source` and `kind` (consume, ack, dead_letter_topic):
+    /// broker operations that failed and are retried or skipped.
+    pub const SOURCE_ERRORS: &str = "hookd_source_errors_total";
 }
 
 /// Installs the Prometheus recorder once per process and returns the handle

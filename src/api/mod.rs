@@ -15,6 +15,7 @@ pub mod error;
 pub mod event_types;
 pub mod extract;
 pub mod messages;
+pub mod sources;
 pub mod validate;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub engine: Engine,
+    /// The running stream sources, for their status.
+    pub sources: crate::source::Registry,
     /// The SSRF rules, applied to endpoint URLs when they are set.
     pub network_policy: Arc<NetworkPolicy>,
     /// SHA-256 of the admin token.
@@ -53,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(endpoints::routes())
         .merge(messages::routes())
         .merge(attempts::routes())
+        .merge(sources::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -14,6 +14,7 @@
 
 pub mod applications;
 pub mod attempts;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod endpoints;
 pub mod event_types;

@@ -108,6 +108,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE endpoints ADD COLUMN failing_since INTEGER;
     "#,
+    // 3: records from Kafka or NATS that could not become messages. `origin`
+    // names the record in its stream, so a record read twice is kept once.
+    r#"
+    CREATE TABLE dead_letters (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        reason_kind TEXT NOT NULL,
+        record_key BLOB,
+        value BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (source, origin)
+    );
+    CREATE INDEX dead_letters_by_source ON dead_letters (source, id);
+    "#,
 ];
 
 /// Applies every migration the database has not seen yet.

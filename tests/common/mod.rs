@@ -5,6 +5,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod brokers;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +43,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Settings {
     env: BTreeMap<String, String>,
+    /// Text of a TOML config file, for what only the file can set (sources).
+    file: Option<String>,
 }
 
 impl Default for Settings {
@@ -61,7 +65,21 @@ impl Settings {
         );
         env.insert("HOOKD_RETRY_SCHEDULE".to_owned(), "200ms,400ms".to_owned());
         env.insert("HOOKD_REQUEST_TIMEOUT".to_owned(), "1s".to_owned());
-        Self { env }
+        Self { env, file: None }
+    }
+
+    /// Adds a TOML config file with this text; `HOOKD_` variables still win.
+    pub fn file(mut self, toml: &str) -> Self {
+        self.file = Some(toml.to_owned());
+        self
+    }
+
+    /// Writes the config file, when there is one, next to `data_dir`.
+    fn write_file(&self, data_dir: &Path) -> Option<PathBuf> {
+        let text = self.file.as_ref()?;
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, text).expect("write the test config file");
+        Some(path)
     }
 
     /// Sets a variable, such as `set("HOOKD_RETRY_SCHEDULE", "100ms")`.
@@ -94,8 +112,11 @@ impl Settings {
     /// It stops when the returned value is dropped.
     pub async fn start(self) -> Hookd {
         let dir = tempfile::tempdir().expect("create a temporary data folder");
-        let config = hookd::config::Config::load(None, self.env_for("127.0.0.1:0", dir.path()))
-            .expect("the test settings are valid");
+        let data_dir = dir.path().join("data");
+        let file = self.write_file(&data_dir);
+        let config =
+            hookd::config::Config::load(file.as_deref(), self.env_for("127.0.0.1:0", &data_dir))
+                .expect("the test settings are valid");
         let server = hookd::server::Server::bind(config)
             .await
             .expect("hookd binds 127.0.0.1:0");
@@ -169,6 +190,9 @@ impl HookdProcess {
                 .expect("open the hookd log file");
             let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"));
             command.arg("serve");
+            if let Some(file) = settings.write_file(data_dir) {
+                command.arg("--config").arg(file);
+            }
             for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOOKD_")) {
                 command.env_remove(key);
             }
