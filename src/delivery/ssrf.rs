@@ -790,6 +790,72 @@ mod tests {
         assert!(matches!(loopback, Err(UrlError::Blocked(_))));
     }
 
+    /// Every spelling of an internal address in a URL is blocked by the default policy with
+    /// the address it normalises to. Nothing here opens a connection.
+    #[test]
+    fn url_internal_spellings_blocked_by_default() {
+        let policy = NetworkPolicy::default();
+        let cases = [
+            ("http://0x7f.1/", "127.0.0.1", AddressClass::Loopback),
+            ("http://2130706433/", "127.0.0.1", AddressClass::Loopback),
+            ("http://127.1/", "127.0.0.1", AddressClass::Loopback),
+            (
+                "http://[::ffff:127.0.0.2]/",
+                "::ffff:127.0.0.2",
+                AddressClass::Loopback,
+            ),
+            ("http://[::1]/", "::1", AddressClass::Loopback),
+            ("http://0.0.0.0/", "0.0.0.0", AddressClass::Unspecified),
+            ("http://[::]/", "::", AddressClass::Unspecified),
+            ("http://10.1.2.3/", "10.1.2.3", AddressClass::Private),
+            ("http://172.16.0.1/", "172.16.0.1", AddressClass::Private),
+            ("http://192.168.0.1/", "192.168.0.1", AddressClass::Private),
+            (
+                "http://2852039166/",
+                "169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            (
+                "http://0xa9.0xfe.0xa9.0xfe/",
+                "169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            (
+                "http://[::ffff:169.254.169.254]/",
+                "::ffff:169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            (
+                "http://[::ffff:a9fe:a9fe]/",
+                "::ffff:169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            ("http://[fd00::1]/", "fd00::1", AddressClass::UniqueLocal),
+            ("http://[fe80::1]/", "fe80::1", AddressClass::LinkLocal),
+        ];
+
+        for (raw, blocked_ip, class) in cases {
+            let expected = BlockedAddress {
+                ip: ip(blocked_ip),
+                class,
+            };
+            assert_eq!(
+                validate_endpoint_url(raw, &policy),
+                Err(UrlError::Blocked(expected)),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_ipv6_zone_id_rejected() {
+        let result = validate_endpoint_url("http://[fe80::1%25eth0]/", &NetworkPolicy::default());
+        assert_eq!(
+            result,
+            Err(UrlError::Invalid(url::ParseError::InvalidIpv6Address))
+        );
+    }
+
     #[test]
     fn url_host_names_accepted() {
         let policy = NetworkPolicy::default();
