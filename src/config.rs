@@ -23,7 +23,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Networks exempt from the SSRF guard (`allowed_networks`, `HOOKD_ALLOWED_NETWORKS`).
     pub allowed_networks: Vec<IpNet>,
-    /// DNS servers that resolve endpoint host names; empty for the system
+    /// DNS servers that resolve endpoint host names, or none for the system
     /// resolver (`dns_servers`, `HOOKD_DNS_SERVERS`).
     pub dns_servers: Vec<SocketAddr>,
     /// Delay before each retry; its length is the number of retries

@@ -29,7 +29,7 @@ pub fn routes() -> Router<AppState> {
 #[serde(rename_all = "camelCase")]
 struct EventExampleIn {
     event_type: String,
-    /// Index into the `examples` array of the event type's schema; 0 when absent.
+    /// Index into the `examples` array of the event type's schema, 0 when absent.
     #[serde(default)]
     example_index: Option<usize>,
 }

@@ -1,20 +1,21 @@
 //! Host name resolution for deliveries: the operating system's resolver, or the DNS servers
 //! listed in the `dns_servers` setting.
 //!
-//! The resolver only turns a name into socket addresses. It does not decide whether hookd may
-//! connect to them: [`super::ssrf::GuardedConnector`] checks each returned address right before
-//! it connects to that address, so neither a cached answer nor an answer that changes between
+//! The resolver only turns a name into socket addresses and does not decide whether hookd may
+//! connect to them. [`super::ssrf::GuardedConnector`] checks each returned address right before
+//! it connects to that address. So neither a cached answer nor an answer that changes between
 //! two lookups (DNS rebinding) can lead to a blocked address.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
-/// Resolver of the host names in endpoint URLs; cheap to clone.
+/// Resolver of the host names in endpoint URLs. Cloning it is cheap.
 #[derive(Clone)]
 pub enum HostResolver {
     /// The operating system's resolver (`getaddrinfo` through [`tokio::net::lookup_host`]),
@@ -23,14 +24,14 @@ pub enum HostResolver {
     /// hickory-resolver querying the configured DNS servers over UDP, and over TCP for answers
     /// too long for UDP. It also reads `/etc/hosts`, and caches answers for their TTL.
     Servers {
-        resolver: TokioResolver,
-        servers: Vec<SocketAddr>,
+        resolver: Arc<TokioResolver>,
+        servers: Arc<[SocketAddr]>,
     },
 }
 
 impl HostResolver {
     /// Creates the system resolver when `servers` is empty, and otherwise a resolver that
-    /// queries these servers, in order.
+    /// queries these servers.
     pub fn new(servers: &[SocketAddr]) -> Self {
         if servers.is_empty() {
             return Self::System;
@@ -54,8 +55,8 @@ impl HostResolver {
                 .expect("hickory-resolver 0.26 fails to build only when it sets up DNS over TLS, which hookd does not enable");
 
         Self::Servers {
-            resolver,
-            servers: servers.to_vec(),
+            resolver: Arc::new(resolver),
+            servers: servers.into(),
         }
     }
 

@@ -64,7 +64,7 @@ pub struct EngineSettings {
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
     pub allowed_networks: Vec<ipnet::IpNet>,
-    /// DNS servers that resolve endpoint host names; empty for the system resolver.
+    /// DNS servers that resolve endpoint host names, or none for the system resolver.
     pub dns_servers: Vec<std::net::SocketAddr>,
     pub disable_endpoint_after: Option<Duration>,
     /// The internal application of operational webhooks, when configured.
