@@ -118,7 +118,7 @@ const REBIND_NAME: &str = "rebind.hookd.test";
 const ALLOWED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const BLOCKED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
-/// The `response` stored with an attempt that the guard refused.
+/// The `response` stored with an attempt that the guard blocked.
 const BLOCKED_RESPONSE: &str = "address 127.0.0.2 is loopback and not in allowed_networks";
 
 /// Receivers on 127.0.0.1 and 127.0.0.2 with the same port, both answering 200.
@@ -129,7 +129,7 @@ struct ReceiverPair {
 
 impl ReceiverPair {
     fn start() -> Self {
-        // The port is free on 127.0.0.1 but may be taken on 127.0.0.2; then try another.
+        // The port is free on 127.0.0.1 but may be taken on 127.0.0.2, so try others then.
         for _ in 0..20 {
             let allowed = ClosedPort::reserve();
             let twin = SocketAddr::new(IpAddr::V4(BLOCKED_IP), allowed.addr.port());
@@ -169,6 +169,40 @@ fn settings_with_dns(dns: &TestDns) -> Settings {
         .set("HOOKD_DNS_SERVERS", &dns.addr.to_string())
 }
 
+/// hookd with an application and one endpoint at `http://rebind.hookd.test:PORT/`, the
+/// name pointing at `first_ip`, and its circuit breaker off.
+struct Rebinding {
+    dns: TestDns,
+    receivers: ReceiverPair,
+    hookd: Hookd,
+    app: String,
+    endpoint: String,
+}
+
+impl Rebinding {
+    async fn start(first_ip: Ipv4Addr, retry_schedule: &str) -> Self {
+        let dns = TestDns::start().await;
+        dns.set(REBIND_NAME, first_ip);
+        let receivers = ReceiverPair::start();
+        let hookd = settings_with_dns(&dns)
+            .set("HOOKD_RETRY_SCHEDULE", retry_schedule)
+            .set("HOOKD_CIRCUIT_BREAKER_FAILURES", "0")
+            .start()
+            .await;
+        let app = hookd.create_app().await;
+        let endpoint = hookd
+            .create_endpoint(&app, &receivers.url(REBIND_NAME))
+            .await;
+        Self {
+            dns,
+            receivers,
+            hookd,
+            app,
+            endpoint,
+        }
+    }
+}
+
 /// Waits until `path` lists at least `count` attempts, oldest first, and returns them.
 async fn wait_for_attempts(hookd: &Hookd, path: &str, count: usize) -> Vec<Value> {
     eventually(WAIT, &format!("{count} attempts at {path}"), || async {
@@ -190,20 +224,14 @@ fn assert_blocked_attempt(attempt: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebound_name_never_reaches_blocked_address() {
-    let dns = TestDns::start().await;
-    dns.set(REBIND_NAME, ALLOWED_IP);
-    let receivers = ReceiverPair::start();
-    let hookd = settings_with_dns(&dns)
-        .set(
-            "HOOKD_RETRY_SCHEDULE",
-            "500ms,500ms,500ms,500ms,500ms,500ms",
-        )
-        .set("HOOKD_CIRCUIT_BREAKER_FAILURES", "0")
-        .start()
-        .await;
-    let app = hookd.create_app().await;
+    let Rebinding {
+        dns,
+        receivers,
+        hookd,
+        app,
+        endpoint,
+    } = Rebinding::start(ALLOWED_IP, "500ms,500ms,500ms,500ms,500ms,500ms").await;
     let url = receivers.url(REBIND_NAME);
-    let endpoint = hookd.create_endpoint(&app, &url).await;
 
     // While the name points at 127.0.0.1, messages arrive there.
     let first = hookd.send_message(&app, r#"{"n":1}"#).await;
@@ -217,7 +245,7 @@ async fn rebound_name_never_reaches_blocked_address() {
     let requests = receivers.allowed.wait_for_requests(1, WAIT).await;
     assert_eq!(requests[0].webhook_id(), first);
 
-    // Rebound to 127.0.0.2: the next attempts are refused before connecting.
+    // Rebound to 127.0.0.2, the next attempts are blocked before connecting.
     dns.set(REBIND_NAME, BLOCKED_IP);
     let second = hookd.send_message(&app, r#"{"n":2}"#).await;
     let path = format!("/api/v1/app/{app}/attempt/msg/{second}");
@@ -238,9 +266,9 @@ async fn rebound_name_never_reaches_blocked_address() {
     assert_eq!(requests[1].webhook_id(), second);
 
     let attempts = hookd.attempts_for_message(&app, &second).await;
-    let (last, refused) = attempts.split_last().expect("at least one attempt");
-    assert!(!refused.is_empty(), "attempts of {second}: {attempts:?}");
-    for attempt in refused {
+    let (last, blocked) = attempts.split_last().expect("at least one attempt");
+    assert!(!blocked.is_empty(), "attempts of {second}: {attempts:?}");
+    for attempt in blocked {
         assert_blocked_attempt(attempt);
     }
     assert_eq!(last["responseStatusCode"], 200, "last attempt {last}");
@@ -261,18 +289,14 @@ async fn rebound_name_never_reaches_blocked_address() {
 /// connected after another would reach 127.0.0.2 here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_answers_never_reach_blocked_address() {
-    let dns = TestDns::start().await;
+    let Rebinding {
+        dns,
+        receivers,
+        hookd,
+        app,
+        endpoint,
+    } = Rebinding::start(ALLOWED_IP, "200ms,200ms,200ms,200ms").await;
     dns.alternate(REBIND_NAME, &[ALLOWED_IP, BLOCKED_IP]);
-    let receivers = ReceiverPair::start();
-    let hookd = settings_with_dns(&dns)
-        .set("HOOKD_RETRY_SCHEDULE", "200ms,200ms,200ms,200ms")
-        .set("HOOKD_CIRCUIT_BREAKER_FAILURES", "0")
-        .start()
-        .await;
-    let app = hookd.create_app().await;
-    let endpoint = hookd
-        .create_endpoint(&app, &receivers.url(REBIND_NAME))
-        .await;
 
     // One message at a time, so that each attempt's lookup gets the next answer in turn.
     let mut blocked_attempts = 0;
@@ -281,32 +305,28 @@ async fn alternating_answers_never_reach_blocked_address() {
         let status = hookd.wait_for_status(&app, &msg, &endpoint, &[0, 2]).await;
         assert_eq!(status, 0, "delivery of message {n} ({msg})");
         let attempts = hookd.attempts_for_message(&app, &msg).await;
-        let (last, refused) = attempts.split_last().expect("at least one attempt");
+        let (last, blocked) = attempts.split_last().expect("at least one attempt");
         assert_eq!(last["responseStatusCode"], 200, "last attempt {last}");
-        for attempt in refused {
+        for attempt in blocked {
             assert_blocked_attempt(attempt);
         }
-        blocked_attempts += refused.len();
+        blocked_attempts += blocked.len();
     }
 
-    assert!(blocked_attempts > 0, "no attempt was refused");
+    assert!(blocked_attempts > 0, "no attempt was blocked");
     assert_eq!(receivers.allowed.request_count(), 4);
     receivers.assert_blocked_untouched();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_to_rebound_name_is_blocked() {
-    let dns = TestDns::start().await;
-    dns.set(REBIND_NAME, ALLOWED_IP);
-    let receivers = ReceiverPair::start();
-    let hookd = settings_with_dns(&dns)
-        .set("HOOKD_RETRY_SCHEDULE", "")
-        .start()
-        .await;
-    let app = hookd.create_app().await;
-    let endpoint = hookd
-        .create_endpoint(&app, &receivers.url(REBIND_NAME))
-        .await;
+    let Rebinding {
+        dns,
+        receivers,
+        hookd,
+        app,
+        endpoint,
+    } = Rebinding::start(ALLOWED_IP, "").await;
     let msg = hookd.send_message(&app, r#"{"n":1}"#).await;
     receivers.allowed.wait_for_requests(1, WAIT).await;
 
@@ -336,17 +356,13 @@ async fn resend_to_rebound_name_is_blocked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_to_rebound_name_is_blocked() {
-    let dns = TestDns::start().await;
-    dns.set(REBIND_NAME, BLOCKED_IP);
-    let receivers = ReceiverPair::start();
-    let hookd = settings_with_dns(&dns)
-        .set("HOOKD_RETRY_SCHEDULE", "")
-        .start()
-        .await;
-    let app = hookd.create_app().await;
-    let endpoint = hookd
-        .create_endpoint(&app, &receivers.url(REBIND_NAME))
-        .await;
+    let Rebinding {
+        dns,
+        receivers,
+        hookd,
+        app,
+        endpoint,
+    } = Rebinding::start(BLOCKED_IP, "").await;
     let msg = hookd.send_message(&app, r#"{"n":1}"#).await;
     let status = hookd.wait_for_status(&app, &msg, &endpoint, &[0, 2]).await;
     assert_eq!(
@@ -405,7 +421,7 @@ async fn operational_webhook_to_rebound_name_is_blocked() {
     let ops_endpoint = id_of(&ops_endpoints.body["data"][0]);
     let ops_attempts = format!("/api/v1/app/hookd-operational/attempt/endpoint/{ops_endpoint}");
 
-    // Disabling the endpoint emits endpoint.disabled, which is refused at connect.
+    // Disabling the endpoint emits endpoint.disabled, which is blocked at connect.
     let reply = hookd
         .call(
             reqwest::Method::PATCH,
@@ -437,13 +453,13 @@ async fn operational_webhook_to_rebound_name_is_blocked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_example_to_rebound_name_is_blocked() {
-    let dns = TestDns::start().await;
-    dns.set(REBIND_NAME, BLOCKED_IP);
-    let receivers = ReceiverPair::start();
-    let hookd = settings_with_dns(&dns)
-        .set("HOOKD_RETRY_SCHEDULE", "")
-        .start()
-        .await;
+    let Rebinding {
+        dns,
+        receivers,
+        hookd,
+        app,
+        endpoint,
+    } = Rebinding::start(BLOCKED_IP, "").await;
     let reply = hookd
         .post(
             "/api/v1/event-type",
@@ -459,10 +475,6 @@ async fn send_example_to_rebound_name_is_blocked() {
         "POST /api/v1/event-type: {:?}",
         reply.body
     );
-    let app = hookd.create_app().await;
-    let endpoint = hookd
-        .create_endpoint(&app, &receivers.url(REBIND_NAME))
-        .await;
     let send_example = format!("/api/v1/app/{app}/endpoint/{endpoint}/send-example");
 
     let reply = hookd

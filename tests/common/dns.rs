@@ -34,7 +34,7 @@ pub struct Question {
 
 #[derive(Default)]
 struct Zone {
-    /// Addresses by name; the A queries for a name take them in turn.
+    /// Addresses by name. Successive A queries for a name get them in turn.
     answers: HashMap<String, Vec<Ipv4Addr>>,
     questions: Vec<Question>,
 }
@@ -53,7 +53,7 @@ impl Zone {
     }
 }
 
-/// The running server; it stops when dropped.
+/// The running server, which stops when dropped.
 pub struct TestDns {
     pub addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
@@ -116,7 +116,7 @@ async fn serve(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
         let Some(response) = respond(&buffer[..len], &zone) else {
             continue;
         };
-        // A lost reply is what UDP allows; the client asks again.
+        // UDP may lose a reply, and the client then sends its query again.
         let _ = socket.send_to(&response, peer).await;
     }
 }
