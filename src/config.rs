@@ -25,6 +25,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Networks exempt from the SSRF guard (`allowed_networks`, `HOOKD_ALLOWED_NETWORKS`).
     pub allowed_networks: Vec<IpNet>,
+    /// DNS servers that resolve endpoint host names, or none for the system
+    /// resolver (`dns_servers`, `HOOKD_DNS_SERVERS`).
+    pub dns_servers: Vec<SocketAddr>,
     /// Delay before each retry; its length is the number of retries
     /// (`retry_schedule`, `HOOKD_RETRY_SCHEDULE`).
     pub retry_schedule: Vec<Duration>,
@@ -101,6 +104,7 @@ struct FileConfig {
     data_dir: Option<String>,
     admin_token: Option<String>,
     allowed_networks: Option<StringOrList>,
+    dns_servers: Option<StringOrList>,
     retry_schedule: Option<StringOrList>,
     request_timeout: Option<String>,
     max_retry_after: Option<String>,
@@ -146,6 +150,7 @@ const KEYS: &[&str] = &[
     "data_dir",
     "admin_token",
     "allowed_networks",
+    "dns_servers",
     "retry_schedule",
     "request_timeout",
     "max_retry_after",
@@ -220,6 +225,7 @@ impl Config {
                 "allowed_networks",
                 parsed.allowed_networks.map(StringOrList::joined),
             );
+            put("dns_servers", parsed.dns_servers.map(StringOrList::joined));
             put(
                 "retry_schedule",
                 parsed.retry_schedule.map(StringOrList::joined),
@@ -303,6 +309,13 @@ impl Config {
             "",
             "127.0.0.1/32,10.0.0.0/8",
             parse_networks,
+        )?;
+        let dns_servers = parse(
+            raw,
+            "dns_servers",
+            "",
+            "127.0.0.53:53,10.0.0.2",
+            parse_dns_servers,
         )?;
         let retry_schedule = parse(
             raw,
@@ -404,6 +417,7 @@ impl Config {
             data_dir,
             admin_token,
             allowed_networks,
+            dns_servers,
             retry_schedule,
             request_timeout,
             max_retry_after,
@@ -457,6 +471,21 @@ fn parse_networks(value: &str) -> Result<Vec<IpNet>, String> {
                 .parse::<IpNet>()
                 .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
                 .map_err(|_| format!("{entry:?} is not a CIDR network"))
+        })
+        .collect()
+}
+
+/// Parses DNS server addresses, each an IP address with an optional port
+/// (53 when absent): `10.0.0.2`, `127.0.0.53:53`, `[fd00::53]:5353`.
+fn parse_dns_servers(value: &str) -> Result<Vec<SocketAddr>, String> {
+    split_list(value)
+        .map(|entry| {
+            entry
+                .parse::<SocketAddr>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    format!("{entry:?} is not an IP address with an optional port; a host name is not accepted")
+                })
         })
         .collect()
 }
@@ -606,6 +635,55 @@ mod tests {
     fn empty_schedule_entry_is_rejected() {
         let err = Config::load(None, env(&[("HOOKD_RETRY_SCHEDULE", "30s,,90s")])).unwrap_err();
         assert!(err.to_string().contains("empty entry"), "{err}");
+    }
+
+    #[test]
+    fn dns_servers_default_port_is_53() {
+        let config = Config::load(
+            None,
+            env(&[(
+                "HOOKD_DNS_SERVERS",
+                "10.0.0.2, 127.0.0.1:5353,[fd00::53]:5300,::1",
+            )]),
+        )
+        .unwrap();
+        let expected: Vec<SocketAddr> = [
+            "10.0.0.2:53",
+            "127.0.0.1:5353",
+            "[fd00::53]:5300",
+            "[::1]:53",
+        ]
+        .iter()
+        .map(|text| text.parse().unwrap())
+        .collect();
+        assert_eq!(config.dns_servers, expected);
+    }
+
+    #[test]
+    fn dns_servers_file_array_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookd.toml");
+        std::fs::write(&path, "dns_servers = [\"127.0.0.1:5353\"]\n").unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(config.dns_servers, vec!["127.0.0.1:5353".parse().unwrap()]);
+    }
+
+    #[test]
+    fn dns_servers_default_is_system_resolver() {
+        assert!(Config::defaults().dns_servers.is_empty());
+    }
+
+    #[test]
+    fn dns_server_host_name_rejected() {
+        let err =
+            Config::load(None, env(&[("HOOKD_DNS_SERVERS", "dns.example.com:53")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HOOKD_DNS_SERVERS"), "{text}");
+        assert!(
+            text.contains("\"dns.example.com:53\" is not an IP address"),
+            "{text}"
+        );
+        assert!(text.contains("127.0.0.53:53,10.0.0.2"), "{text}");
     }
 
     #[test]

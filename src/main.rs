@@ -138,6 +138,12 @@ fn describe(config: &Config) -> String {
             }
         ),
         format!("allowed_networks = [{}]", networks.join(", ")),
+        if config.dns_servers.is_empty() {
+            "dns_servers = [] (system resolver)".to_owned()
+        } else {
+            let servers: Vec<String> = config.dns_servers.iter().map(ToString::to_string).collect();
+            format!("dns_servers = [{}]", servers.join(", "))
+        },
         format!("retry_schedule = [{}]", schedule.join(", ")),
         format!("request_timeout = {}", duration(config.request_timeout)),
         format!("max_retry_after = {}", duration(config.max_retry_after)),

@@ -124,6 +124,29 @@ fn config_check_prints_every_setting() {
 }
 
 #[test]
+fn config_check_prints_dns_servers() {
+    let output = hookd(&["config-check"], &[], b"");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("dns_servers = [] (system resolver)\n"),
+        "{stdout}"
+    );
+
+    let output = hookd(
+        &["config-check"],
+        &[("HOOKD_DNS_SERVERS", "127.0.0.1:5353, ::1")],
+        b"",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("dns_servers = [127.0.0.1:5353, [::1]:53]\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn invalid_setting_exits_with_its_name() {
     let output = hookd(
         &["config-check"],

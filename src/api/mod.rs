@@ -2,6 +2,7 @@
 //! official Svix SDKs work against hookd unchanged.
 //!
 //! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
+//! - [`examples`]: sending an event type's example message to one endpoint.
 //! - [`auth`]: the bearer-token check.
 //! - [`error`]: the single error shape.
 //! - [`extract`]: JSON bodies and query parameters with errors that name the field.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod endpoints;
 pub mod error;
 pub mod event_types;
+pub mod examples;
 pub mod extract;
 pub mod messages;
 pub mod sources;
@@ -57,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::routes())
         .merge(attempts::routes())
         .merge(sources::routes())
+        .merge(examples::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -9,7 +9,9 @@
 //! - [`retry`]: outcome classification and the retry schedule with jitter.
 //! - [`signing`]: Standard Webhooks signatures.
 //! - [`ssrf`]: the address guard applied to every connection.
+//! - [`dns`]: host name resolution, by the system resolver or the configured DNS servers.
 
+pub mod dns;
 pub mod health;
 pub mod recorder;
 pub mod retry;

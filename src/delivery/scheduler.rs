@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::dns::HostResolver;
 use super::health::{BreakerState, EndpointHealth, HealthSettings, Signal};
 use super::retry::RetryPolicy;
 use super::sender::Sender;
@@ -63,6 +64,8 @@ pub struct EngineSettings {
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
     pub allowed_networks: Vec<ipnet::IpNet>,
+    /// DNS servers that resolve endpoint host names, or none for the system resolver.
+    pub dns_servers: Vec<std::net::SocketAddr>,
     pub disable_endpoint_after: Option<Duration>,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
@@ -83,6 +86,7 @@ impl EngineSettings {
             request_timeout: config.request_timeout,
             max_response_bytes: config.max_response_bytes,
             allowed_networks: config.allowed_networks.clone(),
+            dns_servers: config.dns_servers.clone(),
             disable_endpoint_after: config.disable_endpoint_after,
             operational_app_id: None,
         }
@@ -148,6 +152,7 @@ impl Engine {
             store: store.clone(),
             sender: Sender::new(
                 policy,
+                HostResolver::new(&settings.dns_servers),
                 settings.request_timeout,
                 settings.max_response_bytes,
             ),

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::dns::HostResolver;
 use super::retry::{parse_retry_after, Outcome};
 use super::ssrf::{ConnectError, GuardedConnector, NetworkPolicy};
 
@@ -57,6 +58,7 @@ pub struct Response {
 impl Sender {
     pub fn new(
         policy: Arc<NetworkPolicy>,
+        resolver: HostResolver,
         request_timeout: Duration,
         max_response_bytes: usize,
     ) -> Self {
@@ -64,7 +66,7 @@ impl Sender {
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
-            .wrap_connector(GuardedConnector::new(policy));
+            .wrap_connector(GuardedConnector::with_resolver(policy, resolver));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS_PER_HOST)

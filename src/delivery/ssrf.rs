@@ -8,11 +8,12 @@
 //! The check runs at two points. [`validate_endpoint_url`] rejects a blocked IP literal when an
 //! endpoint is registered, so the API client gets an error right away. That check cannot be
 //! the only one, because a host name can resolve to a different address at delivery time (DNS
-//! rebinding) and the resolver accepts spellings such as `0x7f.1`. So [`GuardedConnector`]
-//! resolves the host itself and checks each resolved socket address right before it connects
-//! to that address. Because the address that is checked is the address that is connected to,
-//! neither a URL spelling nor a DNS answer can lead to a blocked address. This also covers
-//! redirects that the caller follows with a client built on this connector.
+//! rebinding) and the system resolver accepts spellings such as `0x7f.1`. So
+//! [`GuardedConnector`] resolves the host itself, with a [`HostResolver`], and checks each
+//! resolved socket address right before it connects to that address. Because the address
+//! that is checked is the address that is connected to, neither a URL spelling nor a DNS
+//! answer can lead to a blocked address. This also covers redirects that the caller follows
+//! with a client built on this connector.
 
 use std::fmt;
 use std::future::Future;
@@ -27,6 +28,8 @@ use hyper_util::rt::TokioIo;
 use ipnet::{IpNet, Ipv4Net};
 use tokio::net::TcpStream;
 use url::{Host, Url};
+
+use super::dns::HostResolver;
 
 /// Maximum length in bytes of an endpoint URL, before and after normalisation.
 pub const MAX_ENDPOINT_URL_LEN: usize = 2048;
@@ -325,23 +328,31 @@ pub enum ConnectError {
 
 /// hyper-util connector that connects only to addresses that the network policy allows.
 ///
-/// It resolves the host itself (an IP literal directly, a name with
-/// [`tokio::net::lookup_host`]), drops every resolved address that the policy blocks, and
-/// tries the remaining addresses in resolver order until one connects. The default port is
-/// 80 for http and 443 for https, and the stream has `TCP_NODELAY` set. There is no connect
-/// timeout, so the caller should put a deadline on the whole request.
+/// It resolves the host itself (an IP literal directly, a name with its [`HostResolver`]) on
+/// every call, drops every resolved address that the policy blocks, and tries the remaining
+/// addresses in resolver order until one connects. The default port is 80 for http and 443
+/// for https, and the stream has `TCP_NODELAY` set. There is no connect timeout, so the
+/// caller should put a deadline on the whole request.
 ///
 /// It works as the connector of `hyper_util::client::legacy::Client` and as the inner
 /// connector of hyper-rustls' `HttpsConnector`.
 #[derive(Clone)]
 pub struct GuardedConnector {
     policy: Arc<NetworkPolicy>,
+    resolver: HostResolver,
 }
 
 impl GuardedConnector {
-    /// Creates a connector that checks every resolved address against `policy`.
+    /// Creates a connector that resolves names with the system resolver and checks every
+    /// resolved address against `policy`.
     pub fn new(policy: Arc<NetworkPolicy>) -> Self {
-        Self { policy }
+        Self::with_resolver(policy, HostResolver::System)
+    }
+
+    /// Creates a connector that resolves names with `resolver` and checks every resolved
+    /// address against `policy`.
+    pub fn with_resolver(policy: Arc<NetworkPolicy>, resolver: HostResolver) -> Self {
+        Self { policy, resolver }
     }
 }
 
@@ -349,6 +360,7 @@ impl fmt::Debug for GuardedConnector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardedConnector")
             .field("allowed", &self.policy.allowed())
+            .field("resolver", &self.resolver)
             .finish()
     }
 }
@@ -364,7 +376,8 @@ impl tower_service::Service<Uri> for GuardedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let policy = Arc::clone(&self.policy);
-        Box::pin(async move { connect(&policy, &uri).await })
+        let resolver = self.resolver.clone();
+        Box::pin(async move { connect(&policy, &resolver, &uri).await })
     }
 }
 
@@ -375,9 +388,19 @@ enum TargetHost {
     Name(String),
 }
 
-async fn connect(policy: &NetworkPolicy, uri: &Uri) -> Result<TokioIo<TcpStream>, ConnectError> {
+async fn connect(
+    policy: &NetworkPolicy,
+    resolver: &HostResolver,
+    uri: &Uri,
+) -> Result<TokioIo<TcpStream>, ConnectError> {
     let (host, port) = parse_target(uri)?;
-    let resolved = resolve(&host, port).await?;
+    let resolved = match host {
+        TargetHost::Ip(ip) => vec![SocketAddr::new(ip, port)],
+        TargetHost::Name(name) => resolver
+            .resolve(&name, port)
+            .await
+            .map_err(ConnectError::Resolve)?,
+    };
     let allowed = filter_allowed(policy, &resolved)?;
     let stream = connect_first(&allowed).await?;
     Ok(TokioIo::new(stream))
@@ -416,29 +439,6 @@ fn parse_target(uri: &Uri) -> Result<(TargetHost, u16), ConnectError> {
         Err(_) => TargetHost::Name(host.to_owned()),
     };
     Ok((target, port))
-}
-
-async fn resolve(host: &TargetHost, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
-    let name = match host {
-        TargetHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
-        TargetHost::Name(name) => name,
-    };
-
-    // The resolver's error does not name the host, so the message gets it here.
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
-        .await
-        .map_err(|error| {
-            ConnectError::Resolve(io::Error::new(error.kind(), format!("{name}: {error}")))
-        })?
-        .collect();
-    if addresses.is_empty() {
-        let error = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{name}: no addresses found"),
-        );
-        return Err(ConnectError::Resolve(error));
-    }
-    Ok(addresses)
 }
 
 /// Keeps the addresses that the policy allows, in their order. Fails with the first blocked
@@ -788,6 +788,72 @@ mod tests {
 
         let loopback = validate_endpoint_url("http://127.0.0.1:9/", &policy);
         assert!(matches!(loopback, Err(UrlError::Blocked(_))));
+    }
+
+    /// Every spelling of an internal address in a URL is blocked by the default policy with
+    /// the address it normalises to. Nothing here opens a connection.
+    #[test]
+    fn url_internal_spellings_blocked_by_default() {
+        let policy = NetworkPolicy::default();
+        let cases = [
+            ("http://0x7f.1/", "127.0.0.1", AddressClass::Loopback),
+            ("http://2130706433/", "127.0.0.1", AddressClass::Loopback),
+            ("http://127.1/", "127.0.0.1", AddressClass::Loopback),
+            (
+                "http://[::ffff:127.0.0.2]/",
+                "::ffff:127.0.0.2",
+                AddressClass::Loopback,
+            ),
+            ("http://[::1]/", "::1", AddressClass::Loopback),
+            ("http://0.0.0.0/", "0.0.0.0", AddressClass::Unspecified),
+            ("http://[::]/", "::", AddressClass::Unspecified),
+            ("http://10.1.2.3/", "10.1.2.3", AddressClass::Private),
+            ("http://172.16.0.1/", "172.16.0.1", AddressClass::Private),
+            ("http://192.168.0.1/", "192.168.0.1", AddressClass::Private),
+            (
+                "http://2852039166/",
+                "169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            (
+                "http://0xa9.0xfe.0xa9.0xfe/",
+                "169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            (
+                "http://[::ffff:169.254.169.254]/",
+                "::ffff:169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            (
+                "http://[::ffff:a9fe:a9fe]/",
+                "::ffff:169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            ("http://[fd00::1]/", "fd00::1", AddressClass::UniqueLocal),
+            ("http://[fe80::1]/", "fe80::1", AddressClass::LinkLocal),
+        ];
+
+        for (raw, blocked_ip, class) in cases {
+            let expected = BlockedAddress {
+                ip: ip(blocked_ip),
+                class,
+            };
+            assert_eq!(
+                validate_endpoint_url(raw, &policy),
+                Err(UrlError::Blocked(expected)),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_ipv6_zone_id_rejected() {
+        let result = validate_endpoint_url("http://[fe80::1%25eth0]/", &NetworkPolicy::default());
+        assert_eq!(
+            result,
+            Err(UrlError::Invalid(url::ParseError::InvalidIpv6Address))
+        );
     }
 
     #[test]

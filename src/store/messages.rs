@@ -65,19 +65,7 @@ pub fn create(conn: &Connection, message: Message) -> Result<Created> {
         }
     }
 
-    conn.prepare_cached(&format!(
-        "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-    ))?
-    .execute(params![
-        message.id,
-        message.app_id,
-        message.event_type,
-        message.event_id,
-        message.channels.as_ref().map(to_json),
-        message.tags.as_ref().map(to_json),
-        message.payload,
-        message.created_at
-    ])?;
+    insert(conn, &message)?;
 
     let mut deliveries = Vec::new();
     for endpoint in super::endpoints::list_enabled_cached(conn, &message.app_id)?.iter() {
@@ -102,6 +90,46 @@ pub fn create(conn: &Connection, message: Message) -> Result<Created> {
         deliveries,
         is_new: true,
     })
+}
+
+/// Stores a message with one manual delivery to `endpoint_id`, and none to the application's
+/// other endpoints, in the caller's transaction. Unlike [`create`], it does not look for an
+/// earlier message with the same `event_id`.
+pub fn create_for_endpoint(
+    conn: &Connection,
+    message: &Message,
+    endpoint_id: &str,
+) -> Result<NewDelivery> {
+    insert(conn, message)?;
+    let delivery_id = super::deliveries::insert(
+        conn,
+        &message.id,
+        endpoint_id,
+        &message.app_id,
+        Trigger::Manual,
+        message.created_at,
+    )?;
+    Ok(NewDelivery {
+        delivery_id,
+        endpoint_id: endpoint_id.to_owned(),
+    })
+}
+
+fn insert(conn: &Connection, message: &Message) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    ))?
+    .execute(params![
+        message.id,
+        message.app_id,
+        message.event_type,
+        message.event_id,
+        message.channels.as_ref().map(to_json),
+        message.tags.as_ref().map(to_json),
+        message.payload,
+        message.created_at
+    ])?;
+    Ok(())
 }
 
 fn get_by_event_id(conn: &Connection, app_id: &str, event_id: &str) -> Result<Option<Message>> {

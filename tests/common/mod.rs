@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod brokers;
+pub mod dns;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -678,6 +679,16 @@ impl ClosedPort {
             .expect("bind 127.0.0.1:0");
         let addr = socket.local_addr().expect("a bound socket has an address");
         Self { socket, addr }
+    }
+
+    /// Reserves this address, such as 127.0.0.2 with the port of a receiver on 127.0.0.1, so
+    /// that one URL can reach either receiver depending on what its host name resolves to.
+    /// Fails when the port is taken on that address.
+    pub fn reserve_at(addr: SocketAddr) -> std::io::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(Self { socket, addr })
     }
 
     pub fn url(&self) -> String {

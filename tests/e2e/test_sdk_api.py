@@ -29,6 +29,7 @@ from svix.api import (
     EndpointPatch,
     EndpointSecretRotateIn,
     EndpointUpsertIn,
+    EventExampleIn,
     EventTypeDeleteOptions,
     EventTypeIn,
     EventTypeListOptions,
@@ -974,6 +975,29 @@ def test_resend_delivers_second_copy(svix: Svix, receiver: ReceiverPool) -> None
         MessageAttemptTriggerType.SCHEDULED,
         MessageAttemptTriggerType.MANUAL,
     ]
+
+
+def test_send_example_delivers_schema_example(svix: Svix, receiver: ReceiverPool) -> None:
+    schemas = {"1": {"type": "object", "examples": [{"userId": "u_1"}, {"userId": "u_2"}]}}
+    svix.event_type.create(EventTypeIn(name="user.signup", description="signup", schemas=schemas))
+    app = create_app(svix)
+    hook = receiver("send-example")
+    endpoint_id, secret = create_endpoint(svix, app.id, hook)
+    create_endpoint(svix, app.id, receiver("send-example-other"))
+
+    message = svix.endpoint.send_example(
+        app.id, endpoint_id, EventExampleIn(event_type="user.signup", example_index=1)
+    )
+    (request,) = hook.wait_for_requests(1)
+    attempts = wait_for_attempts(svix, app.id, message.id, 1)
+    destinations = svix.message_attempt.list_attempted_destinations(app.id, message.id).data
+
+    assert message.event_type == "user.signup"
+    assert message.payload == {"userId": "u_2"}
+    assert request.webhook_id == message.id
+    assert_verifies(secret, request)
+    assert [attempt.trigger_type for attempt in attempts] == [MessageAttemptTriggerType.MANUAL]
+    assert [destination.id for destination in destinations] == [endpoint_id]
 
 
 def test_retry_redelivers_same_message(hookd: HookdPool, receiver: ReceiverPool) -> None:
