@@ -1,6 +1,5 @@
 //! `/api/v1/app/{app_id}/msg`: messages, and resending one to an endpoint.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
@@ -11,7 +10,7 @@ use serde_json::value::RawValue;
 use super::applications::{load as load_app, ApplicationIn};
 use super::endpoints::load as load_endpoint;
 use super::error::{ApiError, ApiResult};
-use super::extract::{body_error, QueryParams};
+use super::extract::{body_error, JsonBytes, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{ids, now_ms, Application, DeliveryStatus, Message, Millis};
 use crate::store::messages::{self as store, MessageFilter, NewDelivery};
@@ -159,7 +158,7 @@ async fn create(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     query: QueryParams,
-    body: Bytes,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
     let input = parse_message(&body, state.max_payload_bytes)?;
     let with_content = query.bool("with_content", true)?;

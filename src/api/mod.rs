@@ -46,7 +46,7 @@ pub struct AppState {
 
 /// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.max_payload_bytes + 64 * 1024;
+    let body_limit = extract::body_limit(state.max_payload_bytes);
     let api = Router::new()
         .merge(applications::routes())
         .merge(event_types::routes())
