@@ -3,14 +3,16 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{validate, AppState};
 use crate::model::Millis;
 use crate::store::PageRequest;
 
@@ -152,6 +154,44 @@ async fn drain(mut body: Body, max_bytes: usize) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, discard).await;
+}
+
+/// Path parameters. Every parameter of the API is an id, a uid or an event
+/// type name, so each must be 1 to 256 characters from `a-z A-Z 0-9 - _ .`.
+/// Any other value gets 422 naming the parameter, such as `["path", "app_id"]`.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let value = axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(path_error)?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::Validation {
+                location: vec!["path".to_owned()],
+                message: err.body_text(),
+            })?;
+        for (name, value) in &params {
+            validate::path_param(name, value)?;
+        }
+        Ok(Path(value.0))
+    }
+}
+
+fn path_error(rejection: PathRejection) -> ApiError {
+    let mut location = vec!["path".to_owned()];
+    if let PathRejection::FailedToDeserializePathParams(err) = &rejection {
+        if let ErrorKind::InvalidUtf8InPathParam { key } = err.kind() {
+            location.push(key.clone());
+        }
+    }
+    ApiError::Validation {
+        location,
+        message: rejection.body_text(),
+    }
 }
 
 /// Parses a JSON body, reporting the path of the field that failed.
