@@ -166,6 +166,7 @@ fn describe(config: &Config) -> String {
         ),
         format!("max_payload_bytes = {}", config.max_payload_bytes),
         format!("max_response_bytes = {}", config.max_response_bytes),
+        format!("https_only = {}", config.https_only),
         format!(
             "operational_webhook_urls = [{}]",
             config.operational_webhook_urls.join(", ")

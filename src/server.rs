@@ -128,6 +128,7 @@ impl Server {
             network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
             admin_token_hash: Arc::new(token_hash),
             max_payload_bytes: config.max_payload_bytes,
+            https_only: config.https_only,
             operational_app_id,
         };
         let app = api::router(state);

@@ -470,6 +470,41 @@ async fn endpoint_url_scheme_must_be_http_or_https() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_only_rejects_http_urls() {
+    let hookd = Settings::new()
+        .set("HOOKD_HTTPS_ONLY", "true")
+        .start()
+        .await;
+    let app = hookd.create_app().await;
+    let path = format!("/api/v1/app/{app}/endpoint");
+
+    let reply = hookd
+        .post(&path, &json!({"url": "http://127.0.0.1:9/"}))
+        .await;
+    assert_invalid(&reply, &["body", "url"], "http URL with https_only");
+    let message = reply.body["detail"][0]["msg"].as_str().unwrap_or("");
+    assert!(message.contains("https_only"), "{message}");
+
+    let endpoint = hookd.create_endpoint(&app, "https://127.0.0.1:9/").await;
+    let reply = hookd
+        .call(
+            Method::PATCH,
+            &format!("{path}/{endpoint}"),
+            Some(&json!({"url": "http://127.0.0.1:9/"})),
+        )
+        .await;
+    assert_invalid(&reply, &["body", "url"], "PATCH to an http URL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_urls_allowed_by_default() {
+    let hookd = Hookd::start().await;
+    let app = hookd.create_app().await;
+
+    hookd.create_endpoint(&app, "http://127.0.0.1:9/").await;
+}
+
 // ---------------------------------------------------------------------------
 // Uids, event types and channels
 // ---------------------------------------------------------------------------

@@ -145,7 +145,12 @@ impl From<Endpoint> for EndpointOut {
 
 /// Validates every client-chosen field of an endpoint and normalises its URL.
 async fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
-    endpoint.url = validate::endpoint_url("url", &endpoint.url, &state.network_policy)?;
+    endpoint.url = validate::endpoint_url(
+        "url",
+        &endpoint.url,
+        &state.network_policy,
+        state.https_only,
+    )?;
     validate::description("description", &endpoint.description)?;
     validate::rate_limit("rateLimit", endpoint.rate_limit)?;
     if let Some(uid) = &endpoint.uid {

@@ -40,6 +40,8 @@ pub struct AppState {
     /// SHA-256 of the admin token.
     pub admin_token_hash: Arc<[u8; 32]>,
     pub max_payload_bytes: usize,
+    /// Rejects endpoint URLs that are not https (`https_only`).
+    pub https_only: bool,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
 }

@@ -160,11 +160,26 @@ pub fn feature_flags(field: &str, values: &[String]) -> Result<(), ApiError> {
     values.iter().try_for_each(|value| uid(field, value))
 }
 
-/// Checks an endpoint URL: http or https, within length, and not aimed at a blocked address.
-pub fn endpoint_url(field: &str, value: &str, policy: &NetworkPolicy) -> Result<String, ApiError> {
-    validate_endpoint_url(value, policy)
-        .map(|url| url.to_string())
-        .map_err(|err| ApiError::field(field, err.to_string()))
+/// Checks an endpoint URL: http or https (only https when `https_only` is
+/// set), within length, and not aimed at a blocked address.
+pub fn endpoint_url(
+    field: &str,
+    value: &str,
+    policy: &NetworkPolicy,
+    https_only: bool,
+) -> Result<String, ApiError> {
+    let url = validate_endpoint_url(value, policy)
+        .map_err(|err| ApiError::field(field, err.to_string()))?;
+    if https_only && url.scheme() != "https" {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "url scheme must be https because this server sets https_only, got {}",
+                url.scheme()
+            ),
+        ));
+    }
+    Ok(url.to_string())
 }
 
 /// Checks that a JSON document nests arrays and objects at most
