@@ -50,6 +50,9 @@ pub struct Config {
     pub max_response_bytes: usize,
     /// Accept only https endpoint URLs (`https_only`, `HOOKD_HTTPS_ONLY`).
     pub https_only: bool,
+    /// API requests per second that one token may send, with a burst of one
+    /// second's worth; 0 turns the limit off (`api_requests_per_second`).
+    pub api_requests_per_second: u32,
     /// An endpoint whose attempts have all failed for this long is disabled;
     /// `None` never disables (`disable_endpoint_after`, `HOOKD_DISABLE_ENDPOINT_AFTER`).
     pub disable_endpoint_after: Option<Duration>,
@@ -107,6 +110,7 @@ struct FileConfig {
     max_payload_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     https_only: Option<bool>,
+    api_requests_per_second: Option<u32>,
     log_format: Option<String>,
     disable_endpoint_after: Option<String>,
     operational_webhook_urls: Option<StringOrList>,
@@ -152,6 +156,7 @@ const KEYS: &[&str] = &[
     "max_payload_bytes",
     "max_response_bytes",
     "https_only",
+    "api_requests_per_second",
     "log_format",
     "disable_endpoint_after",
     "operational_webhook_urls",
@@ -231,6 +236,10 @@ impl Config {
                 parsed.max_response_bytes.map(|v| v.to_string()),
             );
             put("https_only", parsed.https_only.map(|v| v.to_string()));
+            put(
+                "api_requests_per_second",
+                parsed.api_requests_per_second.map(|v| v.to_string()),
+            );
             put("log_format", parsed.log_format);
             put("disable_endpoint_after", parsed.disable_endpoint_after);
             put(
@@ -329,6 +338,9 @@ impl Config {
             "false" => Ok(false),
             _ => Err("must be true or false".to_owned()),
         })?;
+        let api_requests_per_second = parse(raw, "api_requests_per_second", "0", "1000", |v| {
+            parse_count(v, 0, 1_000_000).map(|n| n as u32)
+        })?;
         let disable_endpoint_after =
             parse(
                 raw,
@@ -398,6 +410,7 @@ impl Config {
             max_payload_bytes,
             max_response_bytes,
             https_only,
+            api_requests_per_second,
             log_format,
             disable_endpoint_after,
             operational_webhook_urls,
@@ -530,20 +543,27 @@ mod tests {
         let config = Config::defaults();
         assert_eq!(config.max_payload_bytes, 1 << 20);
         assert!(!config.https_only);
+        assert_eq!(config.api_requests_per_second, 0);
     }
 
     #[test]
     fn limit_settings_read_from_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookd.toml");
-        std::fs::write(&path, "https_only = true\n").unwrap();
+        std::fs::write(&path, "https_only = true\napi_requests_per_second = 250\n").unwrap();
         let config = Config::load(Some(&path), Vec::new()).unwrap();
         assert!(config.https_only);
+        assert_eq!(config.api_requests_per_second, 250);
     }
 
     #[test]
     fn invalid_limit_settings_name_variable() {
-        for (key, value) in [("HOOKD_HTTPS_ONLY", "yes"), ("HOOKD_HTTPS_ONLY", "1")] {
+        for (key, value) in [
+            ("HOOKD_HTTPS_ONLY", "yes"),
+            ("HOOKD_HTTPS_ONLY", "1"),
+            ("HOOKD_API_REQUESTS_PER_SECOND", "fast"),
+            ("HOOKD_API_REQUESTS_PER_SECOND", "-1"),
+        ] {
             let err = Config::load(None, env(&[(key, value)])).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
         }

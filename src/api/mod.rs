@@ -3,6 +3,7 @@
 //!
 //! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
 //! - [`auth`]: the bearer-token check.
+//! - [`rate_limit`]: the limit of requests per second for each token.
 //! - [`error`]: the single error shape.
 //! - [`extract`]: JSON bodies and query parameters with errors that name the field.
 //! - [`validate`]: rules for uids, names, URLs, headers and secrets.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod event_types;
 pub mod extract;
 pub mod messages;
+pub mod rate_limit;
 pub mod validate;
 
 use std::sync::Arc;
@@ -42,6 +44,9 @@ pub struct AppState {
     pub max_payload_bytes: usize,
     /// Rejects endpoint URLs that are not https (`https_only`).
     pub https_only: bool,
+    /// Limit of requests per second for each token; `None` when
+    /// `api_requests_per_second` is 0.
+    pub api_rate_limiter: Option<Arc<rate_limit::ApiRateLimiter>>,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
 }
