@@ -8,20 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{message_body, Hookd, Reply, Settings, TOKEN};
-
-/// Returns the `loc` of the first validation error, such as `["body", "url"]`.
-fn error_location(body: &Value) -> Vec<String> {
-    body["detail"][0]["loc"]
-        .as_array()
-        .map(|parts| {
-            parts
-                .iter()
-                .filter_map(|p| p.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use common::{error_location, message_body, Hookd, Reply, Settings, TOKEN};
 
 /// Asserts a 422 in the validation shape whose `loc` is exactly `location`.
 fn assert_invalid(reply: &Reply, location: &[&str], case: &str) {

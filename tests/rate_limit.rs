@@ -44,6 +44,16 @@ async fn list_apps(client: &reqwest::Client, hookd: &Hookd, token: Option<&str>)
     }
 }
 
+/// Returns the `Retry-After` of a 429, in seconds.
+fn retry_after_secs(response: &Response) -> u64 {
+    response
+        .retry_after
+        .as_deref()
+        .expect("a 429 has Retry-After")
+        .parse()
+        .expect("Retry-After is whole seconds")
+}
+
 async fn start_limited() -> Hookd {
     Settings::new()
         .set("HOOKD_API_REQUESTS_PER_SECOND", &RATE.to_string())
@@ -93,13 +103,11 @@ async fn requests_over_rate_get_429() {
         "{:?}",
         rejected.body
     );
-    let retry_after: u64 = rejected
-        .retry_after
-        .as_deref()
-        .expect("a 429 has Retry-After")
-        .parse()
-        .expect("Retry-After is whole seconds");
-    assert_eq!(retry_after, 1, "Retry-After at {RATE} per second");
+    assert_eq!(
+        retry_after_secs(&rejected),
+        1,
+        "Retry-After at {RATE} per second"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,12 +115,7 @@ async fn budget_returns_after_retry_after() {
     let hookd = start_limited().await;
     let client = client();
     let (_, rejected, _) = spend_budget(&client, &hookd).await;
-    let retry_after: u64 = rejected
-        .retry_after
-        .as_deref()
-        .expect("a 429 has Retry-After")
-        .parse()
-        .expect("Retry-After is whole seconds");
+    let retry_after = retry_after_secs(&rejected);
 
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
 
