@@ -53,6 +53,11 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Bytes of each response body kept with its attempt (`max_response_bytes`).
     pub max_response_bytes: usize,
+    /// Accept only https endpoint URLs (`https_only`, `HOOKD_HTTPS_ONLY`).
+    pub https_only: bool,
+    /// API requests per second that one token may send, with a burst of one
+    /// second's worth; 0 turns the limit off (`api_requests_per_second`).
+    pub api_requests_per_second: u32,
     /// An endpoint whose attempts have all failed for this long is disabled;
     /// `None` never disables (`disable_endpoint_after`, `HOOKD_DISABLE_ENDPOINT_AFTER`).
     pub disable_endpoint_after: Option<Duration>,
@@ -115,6 +120,8 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     max_payload_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
+    https_only: Option<bool>,
+    api_requests_per_second: Option<u32>,
     log_format: Option<String>,
     disable_endpoint_after: Option<String>,
     operational_webhook_urls: Option<StringOrList>,
@@ -161,6 +168,8 @@ const KEYS: &[&str] = &[
     "max_in_flight",
     "max_payload_bytes",
     "max_response_bytes",
+    "https_only",
+    "api_requests_per_second",
     "log_format",
     "disable_endpoint_after",
     "operational_webhook_urls",
@@ -256,6 +265,11 @@ impl Config {
             put(
                 "max_response_bytes",
                 parsed.max_response_bytes.map(|v| v.to_string()),
+            );
+            put("https_only", parsed.https_only.map(|v| v.to_string()));
+            put(
+                "api_requests_per_second",
+                parsed.api_requests_per_second.map(|v| v.to_string()),
             );
             put("log_format", parsed.log_format);
             put("disable_endpoint_after", parsed.disable_endpoint_after);
@@ -359,6 +373,14 @@ impl Config {
         let max_response_bytes = parse(raw, "max_response_bytes", "4096", "4096", |v| {
             parse_count(v, 0, 1 << 20)
         })?;
+        let https_only = parse(raw, "https_only", "false", "true", |v| match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err("must be true or false".to_owned()),
+        })?;
+        let api_requests_per_second = parse(raw, "api_requests_per_second", "0", "1000", |v| {
+            parse_count(v, 0, 1_000_000).map(|n| n as u32)
+        })?;
         let disable_endpoint_after =
             parse(
                 raw,
@@ -428,6 +450,8 @@ impl Config {
             max_in_flight,
             max_payload_bytes,
             max_response_bytes,
+            https_only,
+            api_requests_per_second,
             log_format,
             disable_endpoint_after,
             operational_webhook_urls,
@@ -569,6 +593,37 @@ mod tests {
             .collect();
         assert_eq!(secs, vec![30, 90, 270, 810, 2430]);
         assert_eq!(config.request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn limit_defaults_match_documentation() {
+        let config = Config::defaults();
+        assert_eq!(config.max_payload_bytes, 1 << 20);
+        assert!(!config.https_only);
+        assert_eq!(config.api_requests_per_second, 0);
+    }
+
+    #[test]
+    fn limit_settings_read_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookd.toml");
+        std::fs::write(&path, "https_only = true\napi_requests_per_second = 250\n").unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        assert!(config.https_only);
+        assert_eq!(config.api_requests_per_second, 250);
+    }
+
+    #[test]
+    fn invalid_limit_settings_name_variable() {
+        for (key, value) in [
+            ("HOOKD_HTTPS_ONLY", "yes"),
+            ("HOOKD_HTTPS_ONLY", "1"),
+            ("HOOKD_API_REQUESTS_PER_SECOND", "fast"),
+            ("HOOKD_API_REQUESTS_PER_SECOND", "-1"),
+        ] {
+            let err = Config::load(None, env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -172,6 +172,14 @@ fn describe(config: &Config) -> String {
         ),
         format!("max_payload_bytes = {}", config.max_payload_bytes),
         format!("max_response_bytes = {}", config.max_response_bytes),
+        format!("https_only = {}", config.https_only),
+        format!(
+            "api_requests_per_second = {}",
+            match config.api_requests_per_second {
+                0 => "0 (no limit)".to_owned(),
+                n => n.to_string(),
+            }
+        ),
         format!(
             "operational_webhook_urls = [{}]",
             config.operational_webhook_urls.join(", ")

@@ -11,6 +11,7 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::rate_limit::ApiRateLimiter;
 use crate::api::{self, auth::hash_token, AppState};
 use crate::config::Config;
 use crate::delivery::ssrf::NetworkPolicy;
@@ -137,6 +138,9 @@ impl Server {
             network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
             admin_token_hash: Arc::new(token_hash),
             max_payload_bytes: config.max_payload_bytes,
+            https_only: config.https_only,
+            api_rate_limiter: std::num::NonZeroU32::new(config.api_requests_per_second)
+                .map(|per_second| Arc::new(ApiRateLimiter::new(per_second))),
             operational_app_id,
         };
         let app = api::router(state);

@@ -28,6 +28,9 @@ pub mod metric {
     pub const DELIVERY_OUTCOMES: &str = "hookd_delivery_outcomes_total";
     /// Counter, label `reason`: attempts that waited (`rate_limit`).
     pub const DEFERRED: &str = "hookd_deferred_attempts_total";
+    /// Counter: API requests rejected with 429 because their token was over
+    /// `api_requests_per_second`.
+    pub const API_REQUESTS_RATE_LIMITED: &str = "hookd_api_requests_rate_limited_total";
     /// Counter: log lines left out because their kind was over its per-second budget.
     pub const LOG_LINES_SUPPRESSED: &str = "hookd_log_lines_suppressed_total";
     /// Histogram: seconds per attempt, connect to last byte read.

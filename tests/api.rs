@@ -3,22 +3,9 @@
 
 mod common;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use common::{message_body, Answer, Hookd, Receiver};
-
-/// Returns the `loc` of the first validation error, such as `["body", "url"]`.
-fn error_location(body: &Value) -> Vec<String> {
-    body["detail"][0]["loc"]
-        .as_array()
-        .map(|parts| {
-            parts
-                .iter()
-                .filter_map(|p| p.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use common::{error_location, message_body, Answer, Hookd, Receiver};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_payload_must_be_object() {

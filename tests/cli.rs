@@ -158,3 +158,22 @@ fn invalid_setting_exits_with_its_name() {
     assert!(stderr.contains("HOOKD_REQUEST_TIMEOUT"), "{stderr}");
     assert!(stderr.contains("example of a valid value: 10s"), "{stderr}");
 }
+
+#[test]
+fn config_check_prints_limit_settings() {
+    let output = hookd(
+        &["config-check"],
+        &[
+            ("HOOKD_HTTPS_ONLY", "true"),
+            ("HOOKD_API_REQUESTS_PER_SECOND", "500"),
+        ],
+        b"",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("https_only = true\n"), "{stdout}");
+    assert!(
+        stdout.contains("api_requests_per_second = 500\n"),
+        "{stdout}"
+    );
+}

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, Path, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{ids, now_ms, Application};
 use crate::store::applications as store;
@@ -85,7 +85,8 @@ pub mod double_option {
     }
 }
 
-fn check(input: &ApplicationIn) -> ApiResult<()> {
+/// Validates every client-chosen field of an application.
+pub fn check(input: &ApplicationIn) -> ApiResult<()> {
     if input.name.trim().is_empty() || input.name.len() > 256 {
         return Err(ApiError::field("name", "must be 1 to 256 characters"));
     }

@@ -1,7 +1,7 @@
 //! Attempts: `/api/v1/app/{app_id}/attempt/…`, one attempt by id, and the
 //! messages sent to an endpoint.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -10,9 +10,9 @@ use serde::Serialize;
 use super::applications::load as load_app;
 use super::endpoints::load as load_endpoint;
 use super::error::{ApiError, ApiResult};
-use super::extract::QueryParams;
+use super::extract::{Path, QueryParams};
 use super::messages::{optional_time, shown_status, MessageOut};
-use super::{rfc3339, AppState, ListResponse};
+use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{Attempt, DeliveryStatus};
 use crate::store::attempts::{self as store, AttemptFilter};
 use crate::store::{deliveries, messages};
@@ -92,9 +92,13 @@ fn filter_from(query: &QueryParams) -> ApiResult<AttemptFilter> {
                 .ok_or_else(|| ApiError::query("status", format!("must be 0 (success), 1 (pending), 2 (fail), 3 (sending) or 4 (canceled), got {value:?}")))?,
         ),
     };
+    let endpoint_id = query.get("endpoint_id");
+    if let Some(id) = endpoint_id {
+        validate::uid("endpoint_id", id).map_err(|err| err.located_in("query"))?;
+    }
     Ok(AttemptFilter {
         status,
-        endpoint_id: query.get("endpoint_id").map(str::to_owned),
+        endpoint_id: endpoint_id.map(str::to_owned),
         before: query.time("before")?,
         after: query.time("after")?,
     })

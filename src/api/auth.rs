@@ -15,7 +15,8 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Rejects a request without `Authorization: Bearer <admin token>` with 401.
+/// Rejects a request without `Authorization: Bearer <admin token>` with 401,
+/// and a request over its token's rate limit with 429.
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
@@ -36,11 +37,17 @@ pub async fn require_token(
         )
         .into_response();
     };
-    let matches: bool = hash_token(token.trim())
-        .ct_eq(state.admin_token_hash.as_ref())
-        .into();
+    let token_hash = hash_token(token.trim());
+    let matches: bool = token_hash.ct_eq(state.admin_token_hash.as_ref()).into();
     if !matches {
         return ApiError::unauthorized("invalid token").into_response();
+    }
+    // Counted only after the token is known to be valid, so that requests
+    // with a wrong token cannot use up a valid token's budget.
+    if let Some(limiter) = &state.api_rate_limiter {
+        if let Err(wait) = limiter.check(&token_hash) {
+            return limiter.rejection(wait);
+        }
     }
     next.run(request).await
 }

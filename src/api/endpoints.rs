@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::applications::{double_option, load as load_app};
 use super::error::{ApiError, ApiResult};
-use super::extract::{deserialize_optional_time, deserialize_time, JsonBody, QueryParams};
+use super::extract::{deserialize_optional_time, deserialize_time, JsonBody, Path, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{ids, now_ms, secret, Endpoint, Millis, PreviousSecret};
 use crate::store::deliveries;
@@ -145,7 +145,12 @@ impl From<Endpoint> for EndpointOut {
 
 /// Validates every client-chosen field of an endpoint and normalises its URL.
 async fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
-    endpoint.url = validate::endpoint_url("url", &endpoint.url, &state.network_policy)?;
+    endpoint.url = validate::endpoint_url(
+        "url",
+        &endpoint.url,
+        &state.network_policy,
+        state.https_only,
+    )?;
     validate::description("description", &endpoint.description)?;
     validate::rate_limit("rateLimit", endpoint.rate_limit)?;
     if let Some(uid) = &endpoint.uid {

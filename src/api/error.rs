@@ -44,6 +44,38 @@ impl ApiError {
         }
     }
 
+    /// Moves a body field's 422 to another part of the request, such as
+    /// `"query"` or `"path"`, for rules shared by body fields and parameters.
+    pub fn located_in(self, part: &str) -> Self {
+        match self {
+            Self::Validation {
+                mut location,
+                message,
+            } => {
+                if let Some(first) = location.first_mut() {
+                    part.clone_into(first);
+                }
+                Self::Validation { location, message }
+            }
+            other => other,
+        }
+    }
+
+    /// Nests a body field's 422 under `parent`, so `["body", "name"]`
+    /// becomes `["body", parent, "name"]`.
+    pub fn nested_in(self, parent: &str) -> Self {
+        match self {
+            Self::Validation {
+                mut location,
+                message,
+            } => {
+                location.insert(1.min(location.len()), parent.to_owned());
+                Self::Validation { location, message }
+            }
+            other => other,
+        }
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::Status {
             status: StatusCode::NOT_FOUND,

@@ -1,13 +1,13 @@
 //! `/api/v1/event-type`: event types.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, Path, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{now_ms, EventType};
 use crate::store::event_types as store;
@@ -103,6 +103,12 @@ impl From<EventType> for EventTypeOut {
 fn check(event_type: &EventType) -> ApiResult<()> {
     validate::event_type_name("name", &event_type.name)?;
     validate::description("description", &event_type.description)?;
+    if let Some(group_name) = &event_type.group_name {
+        validate::uid("groupName", group_name)?;
+    }
+    if let Some(flags) = &event_type.feature_flags {
+        validate::feature_flags("featureFlags", flags)?;
+    }
     if let Some(schemas) = &event_type.schemas {
         if !schemas.is_object() {
             return Err(ApiError::field(

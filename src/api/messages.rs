@@ -1,17 +1,16 @@
 //! `/api/v1/app/{app_id}/msg`: messages, and resending one to an endpoint.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::applications::{load as load_app, ApplicationIn};
+use super::applications::{check as check_app, load as load_app, ApplicationIn};
 use super::endpoints::load as load_endpoint;
 use super::error::{ApiError, ApiResult};
-use super::extract::{body_error, QueryParams};
+use super::extract::{body_error, JsonBytes, Path, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{ids, now_ms, Application, DeliveryStatus, Message, Millis};
 use crate::store::messages::{self as store, MessageFilter, NewDelivery};
@@ -105,6 +104,7 @@ fn parse_message(bytes: &[u8], max_payload_bytes: usize) -> ApiResult<MessageIn>
             ),
         ));
     }
+    validate::payload_depth("payload", input.payload.get())?;
     if let Some(event_id) = &input.event_id {
         validate::uid("eventId", event_id)?;
     }
@@ -113,6 +113,9 @@ fn parse_message(bytes: &[u8], max_payload_bytes: usize) -> ApiResult<MessageIn>
     }
     if let Some(tags) = &input.tags {
         validate::channels("tags", tags)?;
+    }
+    if let Some(application) = &input.application {
+        check_app(application).map_err(|err| err.nested_in("application"))?;
     }
     Ok(input)
 }
@@ -159,7 +162,7 @@ async fn create(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     query: QueryParams,
-    body: Bytes,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
     let input = parse_message(&body, state.max_payload_bytes)?;
     let with_content = query.bool("with_content", true)?;
@@ -215,6 +218,13 @@ async fn list(
         before: query.time("before")?,
         after: query.time("after")?,
     };
+    if let Some(types) = &filter.event_types {
+        validate::event_type_list("event_types", types).map_err(|err| err.located_in("query"))?;
+    }
+    if let Some(channel) = &filter.channel {
+        validate::channels("channel", std::slice::from_ref(channel))
+            .map_err(|err| err.located_in("query"))?;
+    }
     let limit = page.limit;
     let rows = state
         .store

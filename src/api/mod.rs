@@ -4,6 +4,7 @@
 //! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
 //! - [`examples`]: sending an event type's example message to one endpoint.
 //! - [`auth`]: the bearer-token check.
+//! - [`rate_limit`]: the limit of requests per second for each token.
 //! - [`error`]: the single error shape.
 //! - [`extract`]: JSON bodies and query parameters with errors that name the field.
 //! - [`validate`]: rules for uids, names, URLs, headers and secrets.
@@ -18,6 +19,7 @@ pub mod examples;
 pub mod extract;
 pub mod messages;
 pub mod sources;
+pub mod rate_limit;
 pub mod validate;
 
 use std::sync::Arc;
@@ -45,13 +47,18 @@ pub struct AppState {
     /// SHA-256 of the admin token.
     pub admin_token_hash: Arc<[u8; 32]>,
     pub max_payload_bytes: usize,
+    /// Rejects endpoint URLs that are not https (`https_only`).
+    pub https_only: bool,
+    /// Limit of requests per second for each token; `None` when
+    /// `api_requests_per_second` is 0.
+    pub api_rate_limiter: Option<Arc<rate_limit::ApiRateLimiter>>,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
 }
 
 /// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.max_payload_bytes + 64 * 1024;
+    let body_limit = extract::body_limit(state.max_payload_bytes);
     let api = Router::new()
         .merge(applications::routes())
         .merge(event_types::routes())

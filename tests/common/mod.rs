@@ -512,6 +512,19 @@ pub fn message_body(payload: &str, event_id: Option<&str>) -> Vec<u8> {
     format!("{{\"eventType\":\"{EVENT_TYPE}\",\"payload\":{payload}{event_id}}}").into_bytes()
 }
 
+/// Returns the `loc` of the first validation error, such as `["body", "url"]`.
+pub fn error_location(body: &Value) -> Vec<String> {
+    body["detail"][0]["loc"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Returns the `id` of a created resource.
 pub fn id_of(body: &Value) -> String {
     body["id"]
