@@ -40,10 +40,19 @@ event_id = {{ pointer = "/id" }}
 
 async fn prepare_app(api: &Api, uid: &str) -> String {
     let reply = api
-        .post("/api/v1/event-type", &json!({"name": EVENT, "description": "new user"}))
+        .post(
+            "/api/v1/event-type",
+            &json!({"name": EVENT, "description": "new user"}),
+        )
         .await;
-    assert!(matches!(reply.status, 201 | 409), "create event type: {:?}", reply.body);
-    let reply = api.post("/api/v1/app", &json!({"name": uid, "uid": uid})).await;
+    assert!(
+        matches!(reply.status, 201 | 409),
+        "create event type: {:?}",
+        reply.body
+    );
+    let reply = api
+        .post("/api/v1/app", &json!({"name": uid, "uid": uid}))
+        .await;
     assert_eq!(reply.status, 201, "create app: {:?}", reply.body);
     id_of(&reply.body)
 }
@@ -62,7 +71,10 @@ fn payload(n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_become_signed_webhooks() {
     let stream = NatsStream::create().await;
-    let hookd = Settings::new().file(&source_config(&stream, "")).start().await;
+    let hookd = Settings::new()
+        .file(&source_config(&stream, ""))
+        .start()
+        .await;
     let app = prepare_app(&hookd, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     let endpoint = hookd.create_endpoint(&app, &receiver.url()).await;
@@ -70,20 +82,29 @@ async fn messages_become_signed_webhooks() {
 
     let sent: BTreeSet<String> = (0..20).map(payload).collect();
     for body in &sent {
-        stream.publish(&format!("acme.{EVENT}"), body.as_bytes()).await;
+        stream
+            .publish(&format!("acme.{EVENT}"), body.as_bytes())
+            .await;
     }
 
     let received = receiver.wait_for_requests(20, WAIT).await;
     let mut bodies = BTreeSet::new();
     for request in &received {
         let id = request.webhook_id().to_owned();
-        let timestamp = request.header("webhook-timestamp").expect("a timestamp header");
+        let timestamp = request
+            .header("webhook-timestamp")
+            .expect("a timestamp header");
         assert_eq!(
             request.header("webhook-signature"),
             Some(expected_signature(&secret, &id, timestamp, &request.body).as_str()),
         );
         let message = hookd.get(&format!("/api/v1/app/{app}/msg/{id}")).await;
-        assert_eq!(message.body["eventType"], json!(EVENT), "{:?}", message.body);
+        assert_eq!(
+            message.body["eventType"],
+            json!(EVENT),
+            "{:?}",
+            message.body
+        );
         bodies.insert(String::from_utf8(request.body.clone()).expect("UTF-8"));
     }
     assert_eq!(bodies, sent);
@@ -104,18 +125,27 @@ async fn messages_become_signed_webhooks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_message_is_dead_lettered_and_terminated() {
+async fn bad_message_dead_lettered_and_terminated() {
     let stream = NatsStream::create().await;
-    let hookd = Settings::new().file(&source_config(&stream, "")).start().await;
+    let hookd = Settings::new()
+        .file(&source_config(&stream, ""))
+        .start()
+        .await;
     let app = prepare_app(&hookd, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     hookd.create_endpoint(&app, &receiver.url()).await;
 
-    stream.publish(&format!("acme.{EVENT}"), payload(1).as_bytes()).await;
+    stream
+        .publish(&format!("acme.{EVENT}"), payload(1).as_bytes())
+        .await;
     stream.publish(&format!("acme.{EVENT}"), b"{broken").await;
-    stream.publish(&format!("nobody.{EVENT}"), payload(2).as_bytes()).await;
+    stream
+        .publish(&format!("nobody.{EVENT}"), payload(2).as_bytes())
+        .await;
     stream.publish("acme", payload(3).as_bytes()).await;
-    stream.publish(&format!("acme.{EVENT}"), payload(4).as_bytes()).await;
+    stream
+        .publish(&format!("acme.{EVENT}"), payload(4).as_bytes())
+        .await;
 
     let received = receiver.wait_for_requests(2, WAIT).await;
     let bodies: BTreeSet<Vec<u8>> = received.iter().map(|r| r.body.clone()).collect();
@@ -133,7 +163,12 @@ async fn a_bad_message_is_dead_lettered_and_terminated() {
     .await;
     let summary: Vec<(String, &str)> = letters
         .iter()
-        .map(|l| (l["origin"].as_str().unwrap().to_owned(), l["reasonKind"].as_str().unwrap()))
+        .map(|l| {
+            (
+                l["origin"].as_str().unwrap().to_owned(),
+                l["reasonKind"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -157,7 +192,10 @@ async fn a_bad_message_is_dead_lettered_and_terminated() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = source_status(&hookd, &stream).await;
     assert_eq!(
-        (status["recordsConsumed"].clone(), status["deadLettered"].clone()),
+        (
+            status["recordsConsumed"].clone(),
+            status["deadLettered"].clone()
+        ),
         (json!(5), json!(3)),
         "no message came back after the 2 s ack wait: {status}"
     );
@@ -166,7 +204,7 @@ async fn a_bad_message_is_dead_lettered_and_terminated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_mid_stream_loses_no_message_and_creates_no_duplicate() {
+async fn kill_mid_stream_loses_and_duplicates_nothing() {
     const MESSAGES: usize = 2000;
     let stream = NatsStream::create().await;
     let dir = tempfile::tempdir().expect("temporary folder");
@@ -203,10 +241,14 @@ async fn kill_mid_stream_loses_no_message_and_creates_no_duplicate() {
     let second = HookdProcess::spawn(&settings, &data_dir, "second.log").await;
     publisher.await.expect("the publisher finishes");
 
-    eventually(WAIT * 6, "every message is stored after the restart", || async {
-        let backlog = stream.consumer_backlog("hookd").await;
-        (backlog == (0, 0)).then_some(())
-    })
+    eventually(
+        WAIT * 6,
+        "every message is stored after the restart",
+        || async {
+            let backlog = stream.consumer_backlog("hookd").await;
+            (backlog == (0, 0)).then_some(())
+        },
+    )
     .await;
 
     let mut event_ids = BTreeSet::new();
@@ -228,7 +270,10 @@ async fn kill_mid_stream_loses_no_message_and_creates_no_duplicate() {
         iterator = reply.body["iterator"].as_str().map(str::to_owned);
     }
     assert_eq!(count, MESSAGES, "one message per NATS message");
-    assert_eq!(event_ids, (0..MESSAGES).map(|n| format!("user-{n}")).collect());
+    assert_eq!(
+        event_ids,
+        (0..MESSAGES).map(|n| format!("user-{n}")).collect()
+    );
 
     let received = receiver.wait_for_requests(MESSAGES, WAIT * 6).await;
     let delivered: BTreeSet<String> = received

@@ -5,6 +5,7 @@
 mod api;
 mod clock;
 mod hookd;
+mod kafka;
 mod load;
 mod metrics;
 mod receiver;
@@ -34,6 +35,10 @@ enum Scenario {
     /// 10,000 endpoints over 100 applications that never succeed (--bad hang
     /// or closed), filled with --messages messages, then a restart.
     Backlog,
+    /// --messages records of 1 KB put on a tansu topic first, then consumed
+    /// by hookd's Kafka source into 1 application with --endpoints endpoints
+    /// (default 1; 0 measures ingestion alone).
+    Kafka,
 }
 
 /// Behaviour of the bad endpoints of `isolation` and `backlog`.
@@ -100,6 +105,18 @@ struct Cli {
     /// Backlog: when, after the restart, to send the second new message.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     probe_again_after: Duration,
+    /// Kafka: the tansu binary (default: where `.ci/run` installs it).
+    #[arg(long, env = "HOOKD_TANSU_BIN")]
+    tansu: Option<PathBuf>,
+    /// Kafka: partitions of the topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Kafka: records stored in one batch at most (the source's batch_size).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Kafka: a librdkafka setting for hookd's consumer, as KEY=VALUE (repeatable).
+    #[arg(long = "kafka-property", value_parser = parse_key_value)]
+    kafka_properties: Vec<(String, String)>,
     /// Path of the hookd binary.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/hookd"))]
     hookd: PathBuf,
@@ -150,7 +167,7 @@ async fn run(cli: &Cli) -> anyhow::Result<report::Row> {
     }
     let default_duration = match cli.scenario {
         Scenario::Fanout | Scenario::Isolation => Duration::from_secs(30),
-        Scenario::Backlog => Duration::from_secs(600),
+        Scenario::Backlog | Scenario::Kafka => Duration::from_secs(600),
         Scenario::Throughput | Scenario::Latency => Duration::from_secs(60),
     };
     let rate = match cli.scenario {
@@ -254,6 +271,22 @@ async fn run(cli: &Cli) -> anyhow::Result<report::Row> {
                 probe_again_after: cli.probe_again_after,
             };
             scenarios::run_backlog(&settings, layout, &backlog).await
+        }
+        Scenario::Kafka => {
+            let tansu = match &cli.tansu {
+                Some(path) => path.clone(),
+                None => PathBuf::from(std::env::var("HOME").context("HOME is not set")?)
+                    .join(".cache/hookd-ci/tansu-0.6.0/bin/tansu"),
+            };
+            let kafka = kafka::KafkaSettings {
+                tansu,
+                records: cli.messages,
+                partitions: cli.partitions,
+                endpoints: cli.endpoints.unwrap_or(1),
+                batch_size: cli.batch_size,
+                properties: cli.kafka_properties.clone(),
+            };
+            kafka::run_kafka(&settings, &kafka).await
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::report::{self, Row, Window};
 const SETUP_CONNECTIONS: usize = 16;
 /// Time a stopped hookd gets to exit before it is killed. hookd itself waits
 /// up to its request timeout (10 s by default) plus 1 s for attempts in flight.
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often progress is printed to standard error.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -76,13 +76,13 @@ pub struct RunSettings {
 }
 
 /// A temporary folder with hookd's data directory and log.
-struct WorkDir {
+pub(crate) struct WorkDir {
     path: PathBuf,
     keep: bool,
 }
 
 impl WorkDir {
-    fn create(name: &str, keep: bool) -> anyhow::Result<Self> {
+    pub(crate) fn create(name: &str, keep: bool) -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
@@ -91,6 +91,10 @@ impl WorkDir {
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self { path, keep })
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -178,7 +182,7 @@ async fn set_up(
     Ok(app_ids)
 }
 
-fn hookd_settings(run: &RunSettings, workdir: &WorkDir) -> HookdSettings {
+pub(crate) fn hookd_settings(run: &RunSettings, workdir: &WorkDir) -> HookdSettings {
     HookdSettings {
         binary: run.hookd.clone(),
         data_dir: workdir.data_dir(),

@@ -18,8 +18,8 @@ pub mod event_types;
 pub mod examples;
 pub mod extract;
 pub mod messages;
-pub mod sources;
 pub mod rate_limit;
+pub mod sources;
 pub mod validate;
 
 use std::sync::Arc;

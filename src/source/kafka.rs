@@ -1,7 +1,7 @@
 //! The Kafka source: a consumer-group member that turns records into
 //! messages, using librdkafka through `rdkafka`.
 //!
-//! Offsets are handed to librdkafka only after the batch that holds their
+//! Offsets are handed to librdkafka only after the batch that contains their
 //! records has committed in the store; librdkafka then commits them to the
 //! group, periodically and when partitions are revoked. A crash between the
 //! store commit and the offset commit makes the group read those records
@@ -218,9 +218,11 @@ pub async fn run(
             .iter()
             .map(|raw| to_item(&config.mapping, raw, ingest.max_payload_bytes))
             .collect();
+        let stored_at = std::time::Instant::now();
         let Some(outcomes) = store_with_retry(&ingest, &status, &mut stop, items).await else {
             break;
         };
+        tracing::debug!(source = %status.name, records = raws.len(), store_us = stored_at.elapsed().as_micros() as u64, "stored a batch");
         if let (Some(producer), Some(topic)) = (&producer, &config.dead_letter_topic) {
             publish_dead_letters(producer, topic, &status, &raws, &outcomes).await;
         }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::api::validate;
 
-/// Where one field of a message is read from in a record.
+/// The place in a record that one field of a message is read from.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Field {
@@ -137,7 +137,7 @@ pub struct Record<'a> {
     pub origin: &'a str,
 }
 
-/// What the mapping made of a record, before the store checks that the
+/// The message fields read from a record, before the store checks that the
 /// application and event type exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapped {
@@ -479,9 +479,7 @@ mod tests {
         m.event_types = vec!["a.b".into()];
         let other = r#"{"app_id": "a", "type": "c.d", "id": "1"}"#;
         assert_eq!(
-            map_value(&m, other, "t/0/0", 1024)
-                .unwrap_err()
-                .kind,
+            map_value(&m, other, "t/0/0", 1024).unwrap_err().kind,
             reason::EVENT_TYPE_NOT_ALLOWED
         );
         let allowed = r#"{"app_id": "a", "type": "a.b", "id": "1"}"#;
@@ -494,9 +492,7 @@ mod tests {
         );
         m.payload = Some("/id".into());
         assert_eq!(
-            map_value(&m, allowed, "t/0/0", 1024)
-                .unwrap_err()
-                .reason,
+            map_value(&m, allowed, "t/0/0", 1024).unwrap_err().reason,
             "the payload must be a JSON object"
         );
     }

@@ -209,7 +209,7 @@ pub struct Item {
     pub mapped: Result<mapping::Mapped, Rejection>,
 }
 
-/// What became of one record.
+/// The outcome of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Created,

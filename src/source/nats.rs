@@ -1,6 +1,6 @@
 //! The NATS JetStream source: a durable pull consumer with explicit acks.
 //!
-//! A message is acknowledged only after the batch that holds it has
+//! A message is acknowledged only after the batch that contains it has
 //! committed in the store; a dead-lettered one is terminated, so JetStream
 //! never redelivers it. Messages not acknowledged before a crash are
 //! redelivered after the consumer's ack wait, and their event ids turn them

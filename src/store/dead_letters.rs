@@ -12,9 +12,9 @@ pub struct DeadLetter {
     pub id: String,
     /// Name of the source that read the record.
     pub source: String,
-    /// Where the record sits in its stream, such as `events/0/1742`.
+    /// The record's place in its stream, such as `events/0/1742`.
     pub origin: String,
-    /// Why the record was not turned into a message, for people.
+    /// The reason the record did not become a message, for people.
     pub reason: String,
     /// The kind of reason, from a fixed set, for filters and metrics.
     pub reason_kind: String,
@@ -58,7 +58,7 @@ pub fn insert(conn: &Connection, letter: &DeadLetter) -> Result<bool> {
     Ok(changed == 1)
 }
 
-/// One page of a source's dead letters, in id (creation) order.
+/// Lists one page of a source's dead letters, in id (creation) order.
 pub fn list(conn: &Connection, source: &str, page: &PageRequest) -> Result<Vec<DeadLetter>> {
     let (condition, order) = page.clause("id", 2);
     let mut statement = conn.prepare(&format!(
