@@ -420,3 +420,39 @@ async fn down_receiver_does_not_slow_other_apps() {
     assert_eq!(status["recordsConsumed"], json!(2 * EACH), "{status}");
     assert_eq!(all_messages(&hookd, &down_app).await.len(), EACH);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_stop_commits_stored_offsets() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data_dir = dir.path().join("data");
+    // With periodic commits out of the way, only the commit at shutdown can
+    // save the offsets.
+    let settings = Settings::new().file(&source_config(
+        &tansu.brokers,
+        "[sources.kafka.properties]\n\"auto.commit.interval.ms\" = \"600000\"",
+    ));
+    let first = HookdProcess::spawn(&settings, &data_dir, "first.log").await;
+    prepare_app(&first, "acme").await;
+    let producer = tansu.producer();
+    for n in 0..100 {
+        produce(&producer, TOPIC, None, record("acme", n).as_bytes(), &[]).await;
+    }
+    eventually(WAIT, "hookd stores 100 records", || async {
+        (source_status(&first).await["recordsConsumed"] == json!(100)).then_some(())
+    })
+    .await;
+    let exit = first.terminate().await;
+    assert!(exit.success(), "hookd exits cleanly on SIGTERM: {exit}");
+
+    let second = HookdProcess::spawn(&settings, &data_dir, "second.log").await;
+    produce(&producer, TOPIC, None, record("acme", 100).as_bytes(), &[]).await;
+    let status = eventually(WAIT * 2, "the new record is stored", || async {
+        let status = source_status(&second).await;
+        (status["recordsConsumed"] == json!(1)).then_some(status)
+    })
+    .await;
+    assert_eq!(status["duplicates"], json!(0), "{status}");
+    assert_eq!(status["messagesCreated"], json!(1), "{status}");
+}
