@@ -87,6 +87,7 @@ async fn send_example(
         .await?;
     metrics::counter!(metric::MESSAGES_ACCEPTED).increment(1);
     state.engine.enqueue(vec![delivery]);
+    state.engine.messages_stored();
     tracing::info!(app_id = %endpoint.app_id, endpoint_id = %endpoint.id, msg_id = %message.id, "example message queued");
 
     Ok((StatusCode::ACCEPTED, Json(MessageOut::new(message, true))))

@@ -183,6 +183,7 @@ async fn create(
         .write(move |conn| store::create(conn, message))
         .await?;
     if created.is_new {
+        state.engine.messages_stored();
         metrics::counter!(metric::MESSAGES_ACCEPTED).increment(1);
     } else {
         metrics::counter!(metric::MESSAGES_DEDUPLICATED).increment(1);

@@ -2,6 +2,7 @@
 //! official Svix SDKs work against hookd unchanged.
 //!
 //! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
+//! - [`poller`]: the message feed of an endpoint for receivers that poll.
 //! - [`examples`]: sending an event type's example message to one endpoint.
 //! - [`auth`]: the bearer-token check.
 //! - [`rate_limit`]: the limit of requests per second for each token.
@@ -18,6 +19,7 @@ pub mod event_types;
 pub mod examples;
 pub mod extract;
 pub mod messages;
+pub mod poller;
 pub mod rate_limit;
 pub mod sources;
 pub mod validate;
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::routes())
         .merge(attempts::routes())
         .merge(sources::routes())
+        .merge(poller::routes())
         .merge(examples::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -127,6 +127,8 @@ enum Event {
 #[derive(Clone)]
 pub struct Engine {
     events: mpsc::UnboundedSender<Event>,
+    /// Counts stored messages, so pollers can wait for new ones.
+    stored_messages: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Engine {
@@ -181,7 +183,22 @@ impl Engine {
             workers: JoinSet::new(),
         };
         let handle = tokio::spawn(scheduler.run(events_rx, shutdown, drain));
-        (Self { events: events_tx }, handle)
+        let engine = Self {
+            events: events_tx,
+            stored_messages: Arc::new(tokio::sync::watch::Sender::new(0)),
+        };
+        (engine, handle)
+    }
+
+    /// Wakes the pollers waiting for new messages; call after a commit that
+    /// stored messages.
+    pub fn messages_stored(&self) {
+        self.stored_messages.send_modify(|count| *count += 1);
+    }
+
+    /// Returns a receiver that changes after each [`Engine::messages_stored`].
+    pub fn watch_messages(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stored_messages.subscribe()
     }
 
     /// Hands newly committed deliveries to the scheduler.

@@ -242,6 +242,9 @@ impl Ingest {
             .write(move |conn| store_items(conn, &source, &items))
             .await?;
         self.engine.enqueue(deliveries);
+        if outcomes.contains(&Outcome::Created) {
+            self.engine.messages_stored();
+        }
         status.count(&outcomes);
         Ok(outcomes)
     }

@@ -5,11 +5,12 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{from_json, to_json, PageRequest, Result};
 use crate::model::{ids, DeliveryStatus, Message, Millis, Trigger};
 
-const COLUMNS: &str = "id, app_id, event_type, event_id, channels, tags, payload, created_at";
+pub(crate) const COLUMNS: &str =
+    "id, app_id, event_type, event_id, channels, tags, payload, created_at";
 
-type RawRow = (Message, Option<String>, Option<String>);
+pub(crate) type RawRow = (Message, Option<String>, Option<String>);
 
-fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
+pub(crate) fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
     Ok((
         Message {
             id: row.get(0)?,
@@ -26,7 +27,7 @@ fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
     ))
 }
 
-fn finish((mut message, channels, tags): RawRow) -> Result<Message> {
+pub(crate) fn finish((mut message, channels, tags): RawRow) -> Result<Message> {
     message.channels = channels
         .map(|c| from_json(&c, "messages.channels"))
         .transpose()?;

@@ -124,6 +124,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX dead_letters_by_source ON dead_letters (source, id);
     "#,
+    // 4: the position of each named consumer of an endpoint's message feed,
+    // kept on the server so a consumer resumes where it stopped.
+    r#"
+    CREATE TABLE poller_consumers (
+        endpoint_id TEXT NOT NULL,
+        consumer_id TEXT NOT NULL,
+        iterator TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (endpoint_id, consumer_id)
+    );
+    "#,
 ];
 
 /// Applies every migration the database has not seen yet.
