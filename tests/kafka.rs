@@ -45,26 +45,6 @@ fn record(app: &str, n: usize) -> String {
     format!(r#"{{"user_id": {n}, "id": "evt-{n}", "type": "{EVENT}", "app_id": "{app}"}}"#)
 }
 
-/// Creates the event type and an application with this uid; returns its id.
-async fn prepare_app(api: &Api, uid: &str) -> String {
-    let reply = api
-        .post(
-            "/api/v1/event-type",
-            &json!({"name": EVENT, "description": "sleep"}),
-        )
-        .await;
-    assert!(
-        matches!(reply.status, 201 | 409),
-        "create event type: {:?}",
-        reply.body
-    );
-    let reply = api
-        .post("/api/v1/app", &json!({"name": uid, "uid": uid}))
-        .await;
-    assert_eq!(reply.status, 201, "create app: {:?}", reply.body);
-    id_of(&reply.body)
-}
-
 async fn source_status(api: &Api) -> Value {
     named_source_status(api, "events").await
 }
@@ -79,31 +59,6 @@ async fn named_source_status(api: &Api, name: &str) -> Value {
     reply.body
 }
 
-/// Every message of an application, through the paginated list.
-async fn all_messages(api: &Api, app: &str) -> Vec<Value> {
-    let mut messages = Vec::new();
-    let mut iterator: Option<String> = None;
-    loop {
-        let mut path = format!("/api/v1/app/{app}/msg?limit=250&with_content=false");
-        if let Some(it) = &iterator {
-            path.push_str(&format!("&iterator={it}"));
-        }
-        let reply = api.get(&path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {:?}", reply.body);
-        messages.extend(
-            reply.body["data"]
-                .as_array()
-                .expect("data is a list")
-                .iter()
-                .cloned(),
-        );
-        if reply.body["done"] == json!(true) {
-            return messages;
-        }
-        iterator = reply.body["iterator"].as_str().map(str::to_owned);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_become_signed_webhooks() {
     let tansu = Tansu::start();
@@ -113,7 +68,7 @@ async fn records_become_signed_webhooks() {
         .file(&named_source_config("signed", &tansu.brokers, ""))
         .start()
         .await;
-    let app = prepare_app(&hookd, "acme").await;
+    let app = hookd.create_app_for_event(EVENT, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     let endpoint = hookd.create_endpoint(&app, &receiver.url()).await;
     let secret = hookd.endpoint_secret(&app, &endpoint).await;
@@ -194,7 +149,7 @@ async fn bad_records_dead_lettered_next_delivered() {
         ))
         .start()
         .await;
-    let app = prepare_app(&hookd, "acme").await;
+    let app = hookd.create_app_for_event(EVENT, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     hookd.create_endpoint(&app, &receiver.url()).await;
 
@@ -316,7 +271,7 @@ async fn kill_mid_stream_loses_and_duplicates_nothing() {
         "[sources.kafka.properties]\n\"auto.commit.interval.ms\" = \"600000\"\n\"session.timeout.ms\" = \"6000\"",
     ));
     let first = HookdProcess::spawn(&settings, &data_dir, "first.log").await;
-    let app = prepare_app(&first, "acme").await;
+    let app = first.create_app_for_event(EVENT, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     first.create_endpoint(&app, &receiver.url()).await;
 
@@ -357,7 +312,7 @@ async fn kill_mid_stream_loses_and_duplicates_nothing() {
         "{consumed_before} records were stored before the kill; status after restart: {status}"
     );
 
-    let messages = all_messages(&second, &app).await;
+    let messages = second.all_messages(&app).await;
     let event_ids: BTreeSet<String> = messages
         .iter()
         .map(|m| m["eventId"].as_str().expect("an event id").to_owned())
@@ -389,8 +344,8 @@ async fn down_receiver_does_not_slow_other_apps() {
         .file(&source_config(&tansu.brokers, ""))
         .start()
         .await;
-    let down_app = prepare_app(&hookd, "down").await;
-    let up_app = prepare_app(&hookd, "up").await;
+    let down_app = hookd.create_app_for_event(EVENT, "down").await;
+    let up_app = hookd.create_app_for_event(EVENT, "up").await;
     let closed = ClosedPort::reserve();
     let hanging = Receiver::always(Answer::ok().after(Duration::from_secs(60)));
     hookd.create_endpoint(&down_app, &closed.url()).await;
@@ -418,7 +373,7 @@ async fn down_receiver_does_not_slow_other_apps() {
     assert_eq!(received.len(), EACH);
     let status = source_status(&hookd).await;
     assert_eq!(status["recordsConsumed"], json!(2 * EACH), "{status}");
-    assert_eq!(all_messages(&hookd, &down_app).await.len(), EACH);
+    assert_eq!(hookd.all_messages(&down_app).await.len(), EACH);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +389,7 @@ async fn clean_stop_commits_stored_offsets() {
         "[sources.kafka.properties]\n\"auto.commit.interval.ms\" = \"600000\"",
     ));
     let first = HookdProcess::spawn(&settings, &data_dir, "first.log").await;
-    prepare_app(&first, "acme").await;
+    first.create_app_for_event(EVENT, "acme").await;
     let producer = tansu.producer();
     for n in 0..100 {
         produce(&producer, TOPIC, None, record("acme", n).as_bytes(), &[]).await;

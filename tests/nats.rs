@@ -38,25 +38,6 @@ event_id = {{ pointer = "/id" }}
     )
 }
 
-async fn prepare_app(api: &Api, uid: &str) -> String {
-    let reply = api
-        .post(
-            "/api/v1/event-type",
-            &json!({"name": EVENT, "description": "new user"}),
-        )
-        .await;
-    assert!(
-        matches!(reply.status, 201 | 409),
-        "create event type: {:?}",
-        reply.body
-    );
-    let reply = api
-        .post("/api/v1/app", &json!({"name": uid, "uid": uid}))
-        .await;
-    assert_eq!(reply.status, 201, "create app: {:?}", reply.body);
-    id_of(&reply.body)
-}
-
 async fn source_status(api: &Api, stream: &NatsStream) -> Value {
     let path = format!("/api/v1/source/{}", stream.name);
     let reply = api.get(&path).await;
@@ -75,7 +56,7 @@ async fn messages_become_signed_webhooks() {
         .file(&source_config(&stream, ""))
         .start()
         .await;
-    let app = prepare_app(&hookd, "acme").await;
+    let app = hookd.create_app_for_event(EVENT, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     let endpoint = hookd.create_endpoint(&app, &receiver.url()).await;
     let secret = hookd.endpoint_secret(&app, &endpoint).await;
@@ -131,7 +112,7 @@ async fn bad_message_dead_lettered_and_terminated() {
         .file(&source_config(&stream, ""))
         .start()
         .await;
-    let app = prepare_app(&hookd, "acme").await;
+    let app = hookd.create_app_for_event(EVENT, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     hookd.create_endpoint(&app, &receiver.url()).await;
 
@@ -211,7 +192,7 @@ async fn kill_mid_stream_loses_and_duplicates_nothing() {
     let data_dir = dir.path().join("data");
     let settings = Settings::new().file(&source_config(&stream, ""));
     let first = HookdProcess::spawn(&settings, &data_dir, "first.log").await;
-    let app = prepare_app(&first, "acme").await;
+    let app = first.create_app_for_event(EVENT, "acme").await;
     let receiver = Receiver::always(Answer::ok());
     first.create_endpoint(&app, &receiver.url()).await;
 
@@ -251,24 +232,12 @@ async fn kill_mid_stream_loses_and_duplicates_nothing() {
     )
     .await;
 
-    let mut event_ids = BTreeSet::new();
-    let mut count = 0;
-    let mut iterator: Option<String> = None;
-    loop {
-        let mut path = format!("/api/v1/app/{app}/msg?limit=250&with_content=false");
-        if let Some(it) = &iterator {
-            path.push_str(&format!("&iterator={it}"));
-        }
-        let reply = second.get(&path).await;
-        for message in reply.body["data"].as_array().expect("a list") {
-            count += 1;
-            event_ids.insert(message["eventId"].as_str().expect("an event id").to_owned());
-        }
-        if reply.body["done"] == json!(true) {
-            break;
-        }
-        iterator = reply.body["iterator"].as_str().map(str::to_owned);
-    }
+    let messages = second.all_messages(&app).await;
+    let count = messages.len();
+    let event_ids: BTreeSet<String> = messages
+        .iter()
+        .map(|m| m["eventId"].as_str().expect("an event id").to_owned())
+        .collect();
     assert_eq!(count, MESSAGES, "one message per NATS message");
     assert_eq!(
         event_ids,

@@ -389,6 +389,48 @@ impl Api {
         id_of(&reply.body)
     }
 
+    /// Creates the event type unless it exists, then an application with
+    /// this uid, and returns the application's id.
+    pub async fn create_app_for_event(&self, event_type: &str, uid: &str) -> String {
+        let reply = self
+            .post(
+                "/api/v1/event-type",
+                &json!({"name": event_type, "description": event_type}),
+            )
+            .await;
+        assert!(
+            matches!(reply.status, 201 | 409),
+            "create event type {event_type}: {:?}",
+            reply.body
+        );
+        let reply = self
+            .post("/api/v1/app", &json!({"name": uid, "uid": uid}))
+            .await;
+        assert_eq!(reply.status, 201, "create app {uid}: {:?}", reply.body);
+        id_of(&reply.body)
+    }
+
+    /// Lists every message of an application, oldest first, without payloads.
+    pub async fn all_messages(&self, app: &str) -> Vec<Value> {
+        let mut messages = Vec::new();
+        let mut iterator: Option<String> = None;
+        loop {
+            let mut path =
+                format!("/api/v1/app/{app}/msg?limit=250&with_content=false&order=ascending");
+            if let Some(it) = &iterator {
+                path.push_str(&format!("&iterator={it}"));
+            }
+            let reply = self.get(&path).await;
+            assert_eq!(reply.status, 200, "GET {path}: {:?}", reply.body);
+            let page = reply.body["data"].as_array().expect("data is a list");
+            messages.extend(page.iter().cloned());
+            if reply.body["done"] == json!(true) {
+                return messages;
+            }
+            iterator = reply.body["iterator"].as_str().map(str::to_owned);
+        }
+    }
+
     /// Creates an endpoint from a full request body and returns its id.
     pub async fn create_endpoint_with(&self, app: &str, body: Value) -> String {
         let path = format!("/api/v1/app/{app}/endpoint");
