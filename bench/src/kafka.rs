@@ -302,6 +302,15 @@ pub async fn run_kafka(run: &RunSettings, kafka: &KafkaSettings) -> anyhow::Resu
         hookd_cpu: Some((end_sample.cpu_seconds - first_sample.cpu_seconds, window)),
         peak_rss_mb: peak,
         bench_cpu_seconds: None,
-        notes: "records consumed, stored and committed per second; broker is tansu 0.6.0 (debug build) on the same cores".to_owned(),
+        notes: format!(
+            "records consumed and stored per second; broker {} on the same cores{}",
+            kafka.tansu.display(),
+            if kafka.properties.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = kafka.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("; consumer {}", list.join(", "))
+            }
+        ),
     })
 }
