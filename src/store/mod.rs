@@ -12,6 +12,7 @@
 //! The operations themselves are plain functions over a `rusqlite::Connection`
 //! in the submodules, called inside [`Store::read`] and [`Store::write`].
 
+pub mod app_tokens;
 pub mod applications;
 pub mod attempts;
 pub mod dead_letters;
