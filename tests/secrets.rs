@@ -1,7 +1,7 @@
-//! Secrets at rest and in output, against the real `hookd serve` binary:
-//! endpoint secrets are encrypted in the SQLite file when a key is set, a
-//! missing or wrong key stops hookd at start, and no secret or token shows
-//! up in the log, in `/metrics` or in an error response.
+//! Secrets at rest and in output, against the real `hookd serve` binary.
+//! With a key set, endpoint secrets are encrypted in the SQLite file, and a
+//! missing or wrong key stops hookd at start. No secret or token shows up
+//! in the log, in `/metrics` or in an error response.
 
 mod common;
 
@@ -84,7 +84,7 @@ fn assert_signed_with(request: &common::Received, secret: &str) {
     );
 }
 
-/// Runs `hookd serve` and expects it to exit with an error at start;
+/// Runs `hookd serve`, expects it to exit with an error at start, and
 /// returns its standard error.
 async fn failed_start(data_dir: &Path, key: Option<&str>) -> String {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"));

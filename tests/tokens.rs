@@ -24,7 +24,7 @@ enum Access {
     Shared(u16),
     /// Never allowed: 403.
     Forbidden,
-    /// `POST /auth/logout`, which revokes the token; the walks skip it and
+    /// `POST /auth/logout`, which revokes the token. The walks skip it, and
     /// `logout_revokes_only_that_token` covers it.
     Logout,
 }
@@ -204,7 +204,7 @@ impl PathValues {
     }
 }
 
-/// A valid request body for a route, or `None` for a route without one.
+/// Returns a valid request body for a route, or `None` for a route without one.
 fn body_for(method: &str, template: &str, receiver_url: &str) -> Option<Value> {
     let since = "2000-01-01T00:00:00Z";
     let body = match (method, template) {
@@ -673,8 +673,8 @@ async fn expire_all_ends_the_selected_sessions() {
     assert_eq!(later.status, 204, "{:?}", later.body);
     assert_eq!(status(first.clone(), app.clone()).await, 200);
 
-    let one = hookd.post(&expire, &json!({"sessionIds": ["s1"]})).await;
-    assert_eq!(one.status, 204, "{:?}", one.body);
+    let first_session = hookd.post(&expire, &json!({"sessionIds": ["s1"]})).await;
+    assert_eq!(first_session.status, 204, "{:?}", first_session.body);
     assert_eq!(status(first.clone(), app.clone()).await, 401);
     assert_eq!(status(second.clone(), app.clone()).await, 200);
 
@@ -801,10 +801,10 @@ async fn feature_flags_gate_event_types() {
         .post(&example, &json!({"eventType": "beta.event"}))
         .await;
     assert_eq!(hidden.status, 404, "{:?}", hidden.body);
-    let shown = beta
+    let visible = beta
         .post(&example, &json!({"eventType": "beta.event"}))
         .await;
-    assert_eq!(shown.status, 202, "{:?}", shown.body);
+    assert_eq!(visible.status, 202, "{:?}", visible.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@
 //!   it is compared in constant time.
 //! - An application token, issued by `POST /api/v1/auth/app-portal-access/{app_id}`,
 //!   may use only the routes of its own application (see [`check_scope`]).
-//!   It is found by the SHA-256 hash of its text, so the store holds no token
-//!   and a lookup's timing depends only on the hash.
+//!   It is found by the SHA-256 hash of its text, so the store contains no
+//!   token and a lookup's timing depends only on the hash.
 //!
 //! A request carries its [`Principal`] as a request extension for the handlers.
 
@@ -45,14 +45,14 @@ pub fn generate_app_token() -> String {
     format!("{APP_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
 }
 
-/// Who sent a request, as proven by its bearer token.
+/// The sender of a request, as proven by its bearer token.
 #[derive(Debug, Clone)]
 pub enum Principal {
     Admin,
     App(AppScope),
 }
 
-/// What an application token may do.
+/// The limits of an application token.
 #[derive(Debug, Clone)]
 pub struct AppScope {
     /// Id of the only application the token may act on.
@@ -66,8 +66,8 @@ pub struct AppScope {
 }
 
 impl Principal {
-    /// The feature flags that limit which event types this principal sees,
-    /// or `None` when it sees them all.
+    /// Returns the feature flags that limit which event types this principal
+    /// may read, or `None` when it may read them all.
     pub fn feature_flags(&self) -> Option<&[String]> {
         match self {
             Self::Admin => None,
@@ -75,9 +75,9 @@ impl Principal {
         }
     }
 
-    /// Returns true when this principal may see the event type: the admin
-    /// sees every one, and an application token those whose feature flags
-    /// it carries, every one of them.
+    /// Returns true when this principal may read the event type. The admin
+    /// may read every one, and an application token those whose feature
+    /// flags it carries, all of them.
     pub fn sees_event_type(&self, event_type: &EventType) -> bool {
         let (Some(granted), Some(required)) = (self.feature_flags(), &event_type.feature_flags)
         else {
@@ -274,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn app_token_sees_event_types_whose_flags_it_carries() {
+    fn app_token_needs_every_feature_flag() {
         let token = app_principal(&["beta"]);
 
         assert!(token.sees_event_type(&event_type(None)));

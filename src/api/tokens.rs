@@ -1,8 +1,8 @@
 //! `/api/v1/auth`: issuing, logging out and expiring application tokens.
 //!
 //! An application token may act on one application only, as [`super::auth`]
-//! enforces. Issuing and expiring tokens needs the admin token; logging out
-//! needs the application token itself.
+//! enforces. Issuing and expiring tokens needs the admin token, and logging
+//! out needs the application token itself.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -46,7 +46,7 @@ struct AppPortalAccessIn {
     read_only: Option<bool>,
     #[serde(default)]
     session_id: Option<String>,
-    /// Svix's finer permissions, which hookd cannot enforce; see [`check_access_in`].
+    /// Svix's finer permissions, which hookd cannot enforce (see [`check_access_in`]).
     #[serde(default)]
     capabilities: Option<serde_json::Value>,
 }
@@ -60,7 +60,7 @@ struct AppPortalAccessOut {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ApplicationTokenExpireIn {
-    /// Seconds until the tokens expire; 0 (now) when absent.
+    /// Seconds until the tokens expire, 0 (at once) when absent.
     #[serde(default)]
     expiry: Option<u64>,
     #[serde(default)]
@@ -101,8 +101,8 @@ fn check_access_in(input: &AppPortalAccessIn) -> ApiResult<()> {
     Ok(())
 }
 
-/// Issues a token for one application. Only its hash is stored; the token
-/// is in this response and nowhere else.
+/// Issues a token for one application. Only its hash is stored, so the
+/// token is in this response and nowhere else.
 async fn app_portal_access(
     State(state): State<AppState>,
     Path(app_id): Path<String>,

@@ -26,7 +26,7 @@ pub struct AppToken {
     pub created_at: Millis,
     /// The token is rejected from this time on.
     pub expires_at: Millis,
-    /// When the token was logged out; it is rejected from then on.
+    /// When the token was logged out. It is rejected from then on.
     pub revoked_at: Option<Millis>,
 }
 

@@ -75,7 +75,7 @@ fn decode_hex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Why a stored value could not be opened.
+/// The failure to open a stored value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
     #[error("stored value {context} is encrypted, but no encryption key is set; set HOOKD_ENCRYPTION_KEY (encryption_key) to the key it was encrypted with")]
@@ -85,6 +85,9 @@ pub enum OpenError {
 }
 
 /// Seals and opens values with one key.
+// TODO: the key cannot be rotated, because every value opens with one key
+// only. A setting for the previous key, tried when the current one fails,
+// and a pass at open that reseals such values would allow rotation.
 pub struct Cipher {
     key: LessSafeKey,
 }
