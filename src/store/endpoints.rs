@@ -7,11 +7,13 @@ use super::encryption::{self, Cipher};
 use super::{from_json, to_json, PageRequest, Result, StoreError};
 use crate::model::{ids, Endpoint, Millis, PreviousSecret};
 
-const COLUMNS: &str =
+/// The columns an INSERT writes. A SELECT reads [`SELECT_COLUMNS`] instead,
+/// because these would return sealed secrets as they are stored.
+const INSERT_COLUMNS: &str =
     "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
      secret, previous_secrets, metadata, headers, retry_schedule_ms, created_at, updated_at";
 
-/// [`COLUMNS`] for a SELECT: the two secret columns are decrypted when
+/// [`INSERT_COLUMNS`] for a SELECT: the two secret columns are decrypted when
 /// sealed (see [`encryption`]).
 const SELECT_COLUMNS: &str =
     "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
@@ -120,7 +122,7 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
     };
     conn.execute(
         &format!(
-            "INSERT INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+            "INSERT INTO endpoints ({INSERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
              hookd_seal(?10, 'endpoints.secret', ?1), hookd_seal(?11, 'endpoints.previous_secrets', ?1), \
              ?12, ?13, ?14, ?15, ?16){on_conflict}"
         ),
