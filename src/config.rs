@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::source::SourcesConfig;
+use crate::store::encryption::EncryptionKey;
 
 /// The validated settings of a running hookd.
 #[derive(Debug, Clone)]
@@ -67,6 +68,9 @@ pub struct Config {
     /// Secret that signs operational webhooks, `whsec_…`
     /// (`operational_webhook_secret`, `HOOKD_OPERATIONAL_WEBHOOK_SECRET`).
     pub operational_webhook_secret: Option<String>,
+    /// Key that encrypts endpoint secrets in the database; `None` stores them
+    /// as plaintext (`encryption_key`, `HOOKD_ENCRYPTION_KEY`).
+    pub encryption_key: Option<EncryptionKey>,
     /// `text` or `json` log lines (`log_format`, `HOOKD_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Kafka topics and NATS streams to consume (`[[sources.kafka]]` and
@@ -126,6 +130,7 @@ struct FileConfig {
     disable_endpoint_after: Option<String>,
     operational_webhook_urls: Option<StringOrList>,
     operational_webhook_secret: Option<String>,
+    encryption_key: Option<String>,
     sources: Option<SourcesConfig>,
 }
 
@@ -174,6 +179,7 @@ const KEYS: &[&str] = &[
     "disable_endpoint_after",
     "operational_webhook_urls",
     "operational_webhook_secret",
+    "encryption_key",
 ];
 
 impl RawValues {
@@ -281,6 +287,7 @@ impl Config {
                 "operational_webhook_secret",
                 parsed.operational_webhook_secret,
             );
+            put("encryption_key", parsed.encryption_key);
         }
 
         for (name, value) in env {
@@ -428,6 +435,17 @@ impl Config {
             }
             None => None,
         };
+        let encryption_key = match raw.get("encryption_key") {
+            None => None,
+            Some((source, value)) => Some(EncryptionKey::parse(value).map_err(|reason| {
+                invalid(
+                    source,
+                    "<redacted>",
+                    &reason,
+                    "32 random bytes in base64, such as the output of `openssl rand -base64 32`",
+                )
+            })?),
+        };
         let log_format = parse(raw, "log_format", "text", "json", |v| match v {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -456,6 +474,7 @@ impl Config {
             disable_endpoint_after,
             operational_webhook_urls,
             operational_webhook_secret,
+            encryption_key,
             sources: SourcesConfig::default(),
         })
     }
@@ -684,6 +703,35 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("HOOKD_ADMIN_TOKEN"), "{text}");
         assert!(!text.contains("\"short\""), "{text}");
+    }
+
+    #[test]
+    fn encryption_key_read_from_variable_and_file() {
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let from_env = Config::load(None, env(&[("HOOKD_ENCRYPTION_KEY", key)])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookd.toml");
+        std::fs::write(&path, format!("encryption_key = \"{}\"\n", "00".repeat(32))).unwrap();
+        let from_file = Config::load(Some(&path), Vec::new()).unwrap();
+
+        assert_eq!(
+            from_env.encryption_key,
+            Some(EncryptionKey::parse(key).unwrap())
+        );
+        assert!(from_file.encryption_key.is_some());
+        assert_eq!(Config::defaults().encryption_key, None);
+    }
+
+    #[test]
+    fn short_encryption_key_is_rejected_without_echoing_it() {
+        let short = "c2hvcnQta2V5LW9mLTIwLWJ5dGVz";
+        let err = Config::load(None, env(&[("HOOKD_ENCRYPTION_KEY", short)])).unwrap_err();
+        let text = err.to_string();
+
+        assert!(text.contains("HOOKD_ENCRYPTION_KEY"), "{text}");
+        assert!(text.contains("32 bytes"), "{text}");
+        assert!(text.contains("openssl rand -base64 32"), "{text}");
+        assert!(!text.contains(short), "{text}");
     }
 
     #[test]

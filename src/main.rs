@@ -64,12 +64,14 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Serve => serve(config),
-        Command::Migrate => hookd::store::Store::open(&config.data_dir)
-            .map(|store| {
-                println!("database {} is up to date", store.path().display());
-                store.close();
-            })
-            .map_err(anyhow::Error::from),
+        Command::Migrate => {
+            hookd::store::Store::open_with_key(&config.data_dir, config.encryption_key.as_ref())
+                .map(|store| {
+                    println!("database {} is up to date", store.path().display());
+                    store.close();
+                })
+                .map_err(anyhow::Error::from)
+        }
         Command::ConfigCheck => {
             println!("{}", describe(&config));
             Ok(())
@@ -190,6 +192,14 @@ fn describe(config: &Config) -> String {
                 "(set)"
             } else {
                 "(not set)"
+            }
+        ),
+        format!(
+            "encryption_key = {}",
+            if config.encryption_key.is_some() {
+                "(set)"
+            } else {
+                "(not set: endpoint secrets are stored as plaintext)"
             }
         ),
         format!("log_format = {:?}", config.log_format).to_lowercase(),

@@ -71,7 +71,7 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds the listen address.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.data_dir)
+        let store = Store::open_with_key(&config.data_dir, config.encryption_key.as_ref())
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
         let listener = TcpListener::bind(config.listen)
             .await

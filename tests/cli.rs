@@ -177,3 +177,39 @@ fn config_check_prints_limit_settings() {
         "{stdout}"
     );
 }
+
+#[test]
+fn config_check_hides_encryption_key() {
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    let output = hookd(&["config-check"], &[("HOOKD_ENCRYPTION_KEY", key)], b"");
+
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("encryption_key = (set)\n"), "{stdout}");
+    assert!(
+        !stdout.contains(key),
+        "the key must not be printed: {stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains(key),
+        "the key must not be logged: {stderr}"
+    );
+}
+
+#[test]
+fn invalid_encryption_key_exits_with_its_name() {
+    let key = "0123456789abcdef";
+
+    let output = hookd(&["config-check"], &[("HOOKD_ENCRYPTION_KEY", key)], b"");
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HOOKD_ENCRYPTION_KEY"), "{stderr}");
+    assert!(stderr.contains("must be 32 bytes"), "{stderr}");
+    assert!(
+        !stderr.contains(key),
+        "the key must not be printed: {stderr}"
+    );
+}

@@ -308,7 +308,11 @@ pub async fn run_kafka(run: &RunSettings, kafka: &KafkaSettings) -> anyhow::Resu
             if kafka.properties.is_empty() {
                 String::new()
             } else {
-                let list: Vec<String> = kafka.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let list: Vec<String> = kafka
+                    .properties
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 format!("; consumer {}", list.join(", "))
             }
         ),

@@ -3,9 +3,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
@@ -129,16 +130,20 @@ async fn load(state: &AppState, name: &str) -> ApiResult<EventType> {
         .ok_or_else(|| ApiError::not_found("event type"))
 }
 
+/// Lists event types; an application token sees only those whose feature
+/// flags it carries.
 async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     query: QueryParams,
 ) -> ApiResult<Json<ListResponse<EventTypeOut>>> {
     let page = query.page(false)?;
     let include_archived = query.bool("include_archived", false)?;
     let limit = page.limit;
+    let flags = principal.feature_flags().map(<[String]>::to_vec);
     let rows = state
         .store
-        .read_blocking(move |conn| store::list(conn, &page, include_archived))
+        .read_blocking(move |conn| store::list(conn, &page, include_archived, flags.as_deref()))
         .await?;
     Ok(Json(ListResponse::from_rows(
         rows,
@@ -173,11 +178,17 @@ async fn create(
     Ok((StatusCode::CREATED, Json(event_type.into())))
 }
 
+/// Returns an event type; one that an application token may not see gets 404.
 async fn fetch(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<EventTypeOut>> {
-    Ok(Json(load(&state, &name).await?.into()))
+    let event_type = load(&state, &name).await?;
+    if !principal.sees_event_type(&event_type) {
+        return Err(ApiError::not_found("event type"));
+    }
+    Ok(Json(event_type.into()))
 }
 
 async fn upsert(

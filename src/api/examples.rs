@@ -4,10 +4,11 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::auth::Principal;
 use super::endpoints::load as load_endpoint;
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
@@ -39,6 +40,7 @@ struct EventExampleIn {
 /// message with 202, as `POST /msg` does.
 async fn send_example(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((app_id, endpoint_id)): Path<(String, String)>,
     JsonBody(input): JsonBody<EventExampleIn>,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
@@ -56,6 +58,7 @@ async fn send_example(
         .store
         .read(move |conn| event_types::get(conn, &name))
         .await?
+        .filter(|event_type| principal.sees_event_type(event_type))
         .ok_or_else(|| ApiError::not_found("event type"))?;
     let payload = example_payload(&event_type, input.example_index.unwrap_or(0))?;
     if payload.len() > state.max_payload_bytes {

@@ -4,7 +4,8 @@
 //! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
 //! - [`poller`]: the message feed of an endpoint for receivers that poll.
 //! - [`examples`]: sending an event type's example message to one endpoint.
-//! - [`auth`]: the bearer-token check.
+//! - [`tokens`]: issuing, logging out and expiring application tokens.
+//! - [`auth`]: the bearer-token check and the scope of application tokens.
 //! - [`rate_limit`]: the limit of requests per second for each token.
 //! - [`error`]: the single error shape.
 //! - [`extract`]: JSON bodies and query parameters with errors that name the field.
@@ -22,6 +23,7 @@ pub mod messages;
 pub mod poller;
 pub mod rate_limit;
 pub mod sources;
+pub mod tokens;
 pub mod validate;
 
 use std::sync::Arc;
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sources::routes())
         .merge(poller::routes())
         .merge(examples::routes())
+        .merge(tokens::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

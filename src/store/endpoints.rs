@@ -3,12 +3,23 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
+use super::encryption::{self, Cipher};
 use super::{from_json, to_json, PageRequest, Result, StoreError};
 use crate::model::{ids, Endpoint, Millis, PreviousSecret};
 
-const COLUMNS: &str =
+/// The columns an INSERT writes. A SELECT reads [`SELECT_COLUMNS`] instead,
+/// because these would return sealed secrets as they are stored.
+const INSERT_COLUMNS: &str =
     "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
      secret, previous_secrets, metadata, headers, retry_schedule_ms, created_at, updated_at";
+
+/// [`INSERT_COLUMNS`] for a SELECT: the two secret columns are decrypted when
+/// sealed (see [`encryption`]).
+const SELECT_COLUMNS: &str =
+    "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
+     hookd_open(secret, 'endpoints.secret', id), \
+     hookd_open(previous_secrets, 'endpoints.previous_secrets', id), \
+     metadata, headers, retry_schedule_ms, created_at, updated_at";
 
 /// A rotated-out secret as stored in the `previous_secrets` JSON column.
 #[derive(Serialize, Deserialize)]
@@ -111,7 +122,9 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
     };
     conn.execute(
         &format!(
-            "INSERT INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16){on_conflict}"
+            "INSERT INTO endpoints ({INSERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+             hookd_seal(?10, 'endpoints.secret', ?1), hookd_seal(?11, 'endpoints.previous_secrets', ?1), \
+             ?12, ?13, ?14, ?15, ?16){on_conflict}"
         ),
         params![
             endpoint.id,
@@ -173,7 +186,7 @@ pub fn get(conn: &Connection, app_id: &str, id_or_uid: &str) -> Result<Option<En
     if ids::has_prefix(id_or_uid, ids::ENDPOINT) {
         found = conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND id = ?2"
+                "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND id = ?2"
             ))?
             .query_row([app_id, id_or_uid], from_row)
             .optional()?;
@@ -181,7 +194,7 @@ pub fn get(conn: &Connection, app_id: &str, id_or_uid: &str) -> Result<Option<En
     if found.is_none() {
         found = conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND uid = ?2"
+                "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND uid = ?2"
             ))?
             .query_row([app_id, id_or_uid], from_row)
             .optional()?;
@@ -191,17 +204,19 @@ pub fn get(conn: &Connection, app_id: &str, id_or_uid: &str) -> Result<Option<En
 
 /// Finds an endpoint by id alone, for the delivery engine.
 pub fn get_by_id(conn: &Connection, id: &str) -> Result<Option<Endpoint>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = ?1"))?
-        .query_row([id], from_row)
-        .optional()?
-        .map(finish)
-        .transpose()
+    conn.prepare_cached(&format!(
+        "SELECT {SELECT_COLUMNS} FROM endpoints WHERE id = ?1"
+    ))?
+    .query_row([id], from_row)
+    .optional()?
+    .map(finish)
+    .transpose()
 }
 
 pub fn list(conn: &Connection, app_id: &str, page: &PageRequest) -> Result<Vec<Endpoint>> {
     let (condition, order) = page.clause("id", 2);
     let mut statement = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND {condition} {order}"
+        "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND {condition} {order}"
     ))?;
     let rows = statement.query_map(params![app_id, page.iterator], from_row)?;
     rows.map(|row| finish(row?)).collect()
@@ -280,10 +295,49 @@ pub fn list_enabled_cached(conn: &Connection, app_id: &str) -> Result<std::rc::R
 /// Lists every enabled endpoint of an application.
 pub fn list_enabled(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
     let mut statement = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND disabled = 0 ORDER BY id"
+        "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND disabled = 0 ORDER BY id"
     ))?;
     let rows = statement.query_map([app_id], from_row)?;
     rows.map(|row| finish(row?)).collect()
+}
+
+/// Checks every stored secret against the key at start. With a key, seals
+/// the secrets still stored as plaintext and returns how many endpoints it
+/// changed. Fails when a sealed secret does not open: there is no key, or it
+/// is not the key the secret was sealed with.
+pub fn seal_secrets(conn: &Connection, cipher: Option<&Cipher>) -> Result<usize> {
+    let mut statement = conn.prepare("SELECT id, secret, previous_secrets FROM endpoints")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut sealed = 0;
+    for row in rows {
+        let (id, stored_secret, stored_previous) = row?;
+        let secret_context = encryption::context("endpoints.secret", &id);
+        let previous_context = encryption::context("endpoints.previous_secrets", &id);
+        let secret = encryption::open(cipher, &stored_secret, &secret_context)?;
+        let previous = encryption::open(cipher, &stored_previous, &previous_context)?;
+        let Some(cipher) = cipher else {
+            continue;
+        };
+        if encryption::is_sealed(&stored_secret) && encryption::is_sealed(&stored_previous) {
+            continue;
+        }
+        conn.execute(
+            "UPDATE endpoints SET secret = ?2, previous_secrets = ?3 WHERE id = ?1",
+            params![
+                id,
+                cipher.seal(&secret, &secret_context),
+                cipher.seal(&previous, &previous_context)
+            ],
+        )?;
+        sealed += 1;
+    }
+    Ok(sealed)
 }
 
 /// Deletes an endpoint and cancels its pending deliveries.

@@ -73,10 +73,13 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<EventType>> {
     .transpose()
 }
 
+/// Lists event types by name. With `granted_flags`, only those whose every
+/// feature flag is in that list are returned.
 pub fn list(
     conn: &Connection,
     page: &PageRequest,
     include_archived: bool,
+    granted_flags: Option<&[String]>,
 ) -> Result<Vec<EventType>> {
     let (condition, order) = page.clause("name", 1);
     let archived = if include_archived {
@@ -84,10 +87,19 @@ pub fn list(
     } else {
         "AND archived = 0"
     };
+    let flags = if granted_flags.is_some() {
+        "AND NOT EXISTS (SELECT 1 FROM json_each(event_types.feature_flags) AS required \
+         WHERE required.value NOT IN (SELECT value FROM json_each(?2)))"
+    } else {
+        "AND ?2 IS NULL"
+    };
     let mut statement = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM event_types WHERE {condition} {archived} {order}"
+        "SELECT {COLUMNS} FROM event_types WHERE {condition} {archived} {flags} {order}"
     ))?;
-    let rows = statement.query_map(params![page.iterator], from_row)?;
+    let rows = statement.query_map(
+        params![page.iterator, granted_flags.map(|flags| to_json(&flags))],
+        from_row,
+    )?;
     rows.map(|row| finish(row?)).collect()
 }
 

@@ -12,10 +12,12 @@
 //! The operations themselves are plain functions over a `rusqlite::Connection`
 //! in the submodules, called inside [`Store::read`] and [`Store::write`].
 
+pub mod app_tokens;
 pub mod applications;
 pub mod attempts;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod encryption;
 pub mod endpoints;
 pub mod event_types;
 pub mod messages;
@@ -56,6 +58,9 @@ pub enum StoreError {
     Unavailable,
     #[error("cannot open the database at {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// A stored secret is encrypted and there is no key, or not the right one.
+    #[error(transparent)]
+    Decrypt(#[from] encryption::OpenError),
 }
 
 impl StoreError {
@@ -85,6 +90,8 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
+    /// Seals and opens endpoint secrets; `None` stores them as plaintext.
+    cipher: Option<Arc<encryption::Cipher>>,
     /// Queue of the writer thread; dropping the last sender stops the thread.
     writer: Mutex<Option<std_mpsc::Sender<Job>>>,
     /// Idle read-only connections.
@@ -104,7 +111,7 @@ impl Inner {
             .pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => open_connection(&self.path, true)?,
+            None => open_connection(&self.path, true, self.cipher.clone())?,
         };
         let result = f(&conn);
         self.readers
@@ -116,15 +123,41 @@ impl Inner {
 }
 
 impl Store {
-    /// Opens (and creates or migrates) the database in `data_dir`.
+    /// Opens (and creates or migrates) the database in `data_dir`, with
+    /// endpoint secrets stored as plaintext.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with_key(data_dir, None)
+    }
+
+    /// Opens (and creates or migrates) the database in `data_dir`. With a
+    /// key, endpoint secrets are stored encrypted, and those still stored as
+    /// plaintext are encrypted now. Fails with [`StoreError::Decrypt`] when a
+    /// stored secret is encrypted and `key` is missing or not its key.
+    pub fn open_with_key(data_dir: &Path, key: Option<&encryption::EncryptionKey>) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|err| StoreError::Open {
             path: data_dir.to_owned(),
             message: err.to_string(),
         })?;
         let path = data_dir.join("hookd.sqlite3");
-        let conn = open_connection(&path, false)?;
+        let cipher = key.map(|key| Arc::new(encryption::Cipher::new(key)));
+        let conn = open_connection(&path, false, cipher.clone())?;
         schema::migrate(&conn)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match endpoints::seal_secrets(&conn, cipher.as_deref()) {
+            Ok(sealed) => {
+                conn.execute_batch("COMMIT")?;
+                if sealed > 0 {
+                    tracing::info!(
+                        endpoints = sealed,
+                        "encrypted the plaintext endpoint secrets"
+                    );
+                }
+            }
+            Err(err) => {
+                conn.execute_batch("ROLLBACK")?;
+                return Err(err);
+            }
+        }
 
         let (sender, receiver) = std_mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -138,6 +171,7 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                cipher,
                 writer: Mutex::new(Some(sender)),
                 readers: Mutex::new(Vec::new()),
                 read_permits: tokio::sync::Semaphore::new(MAX_READERS),
@@ -235,7 +269,11 @@ impl Store {
     }
 }
 
-fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
+fn open_connection(
+    path: &Path,
+    read_only: bool,
+    cipher: Option<Arc<encryption::Cipher>>,
+) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -261,6 +299,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
     // indexes of every table, readers mostly one row at a time.
     let cache_kib = if read_only { 4_000 } else { 16_000 };
     conn.pragma_update(None, "cache_size", -cache_kib)?;
+    encryption::register_functions(&conn, cipher)?;
     Ok(conn)
 }
 

@@ -135,6 +135,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (endpoint_id, consumer_id)
     );
     "#,
+    // 5: tokens limited to one application, kept as the SHA-256 of the
+    // token. `feature_flags` is a JSON list; `revoked_at` is set by logout.
+    r#"
+    CREATE TABLE app_tokens (
+        token_sha256 BLOB PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        session_id TEXT,
+        read_only INTEGER NOT NULL,
+        feature_flags TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX app_tokens_by_app ON app_tokens (app_id);
+    "#,
 ];
 
 /// Applies every migration the database has not seen yet.

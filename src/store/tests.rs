@@ -452,3 +452,68 @@ async fn success_resets_the_failure_clock() {
         .disabled;
     assert!(!disabled);
 }
+
+#[tokio::test]
+async fn sealed_secrets_need_their_key_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = encryption::EncryptionKey::parse(&"11".repeat(32)).unwrap();
+    let store = Store::open_with_key(dir.path(), Some(&key)).unwrap();
+    let mut saved = endpoint("app_1", None);
+    saved.previous_secrets.push(crate::model::PreviousSecret {
+        secret: crate::model::secret::generate(),
+        expires_at: 5,
+    });
+    let row = saved.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &row, false))
+        .await
+        .unwrap();
+
+    let id = saved.id.clone();
+    let read = store
+        .read(move |conn| endpoints::get_by_id(conn, &id))
+        .await
+        .unwrap();
+    assert_eq!(read.as_ref(), Some(&saved));
+    let id = saved.id.clone();
+    let (secret, previous): (String, String) = store
+        .read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT secret, previous_secrets FROM endpoints WHERE id = ?1",
+                [&id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert!(encryption::is_sealed(&secret), "{secret}");
+    assert!(encryption::is_sealed(&previous), "{previous}");
+    store.close();
+
+    let without = Store::open(dir.path()).err().expect("no key is an error");
+    assert!(
+        matches!(
+            without,
+            StoreError::Decrypt(encryption::OpenError::NoKey { .. })
+        ),
+        "{without}"
+    );
+    let other = encryption::EncryptionKey::parse(&"22".repeat(32)).unwrap();
+    let wrong = Store::open_with_key(dir.path(), Some(&other))
+        .err()
+        .expect("another key is an error");
+    assert!(
+        matches!(
+            wrong,
+            StoreError::Decrypt(encryption::OpenError::WrongKey { .. })
+        ),
+        "{wrong}"
+    );
+    let reopened = Store::open_with_key(dir.path(), Some(&key)).unwrap();
+    let id = saved.id.clone();
+    let read = reopened
+        .read(move |conn| endpoints::get_by_id(conn, &id))
+        .await
+        .unwrap();
+    assert_eq!(read, Some(saved));
+}

@@ -285,11 +285,13 @@ pub fn read_log(path: &Path) -> String {
 // API client
 // ---------------------------------------------------------------------------
 
-/// A client of hookd's API with the admin token.
+/// A client of hookd's API, with the admin token unless made by [`Api::with_token`].
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
     client: reqwest::Client,
+    /// The bearer token of every request.
+    token: String,
 }
 
 /// An API response: status code and JSON body (`Null` when empty).
@@ -309,6 +311,15 @@ impl Api {
         Self {
             base: format!("http://{addr}"),
             client,
+            token: TOKEN.to_owned(),
+        }
+    }
+
+    /// Returns a client of the same hookd that sends `token` instead.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: token.to_owned(),
+            ..self.clone()
         }
     }
 
@@ -336,7 +347,7 @@ impl Api {
         }
     }
 
-    /// Sends a request with the admin token and an optional raw body.
+    /// Sends a request with this client's token and an optional raw body.
     pub async fn send(
         &self,
         method: reqwest::Method,
@@ -346,7 +357,7 @@ impl Api {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
+            .bearer_auth(&self.token);
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")

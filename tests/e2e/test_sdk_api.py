@@ -17,10 +17,12 @@ import pydantic_core
 import pytest
 from standardwebhooks import Webhook
 from svix.api import (
+    AppPortalAccessIn,
     ApplicationIn,
     ApplicationListOptions,
     ApplicationOut,
     ApplicationPatch,
+    ApplicationTokenExpireIn,
     BackgroundTaskType,
     EndpointHeadersIn,
     EndpointHeadersPatchIn,
@@ -295,6 +297,40 @@ def test_unsupported_method_is_405_json(hookd_instance: HookdInstance) -> None:
     assert response.status == 405
     assert response.content_type == "application/json"
     assert isinstance(response.json()["code"], str)
+
+
+def test_app_portal_token_acts_on_its_application_only(
+    hookd_instance: HookdInstance, receiver: ReceiverPool
+) -> None:
+    svix = hookd_instance.client()
+    own = create_app(svix, uid="portal-own")
+    other = create_app(svix, uid="portal-other")
+
+    access = svix.authentication.app_portal_access(own.id, AppPortalAccessIn(expiry=3600, session_id="s1"))
+    portal = hookd_instance.client(token=access.token)
+    endpoint_id, _ = create_endpoint(portal, "portal-own", receiver.start())
+
+    assert access.url == f"/api/v1/app/{own.id}"
+    assert [e.id for e in portal.endpoint.list(own.id).data] == [endpoint_id]
+    assert raises_http_error(lambda: portal.endpoint.list(other.id)).status_code == 403
+    assert raises_http_error(lambda: portal.application.list()).status_code == 403
+    assert raises_http_error(
+        lambda: portal.authentication.app_portal_access(own.id, AppPortalAccessIn())
+    ).status_code == 403
+
+
+def test_app_portal_token_ends_with_logout_and_expire_all(hookd_instance: HookdInstance) -> None:
+    svix = hookd_instance.client()
+    app = create_app(svix)
+    first = svix.authentication.app_portal_access(app.id, AppPortalAccessIn()).token
+    second = svix.authentication.app_portal_access(app.id, AppPortalAccessIn()).token
+
+    hookd_instance.client(token=first).authentication.logout()
+    svix.authentication.expire_all(app.id, ApplicationTokenExpireIn())
+
+    for token in (first, second):
+        client = hookd_instance.client(token=token)
+        assert raises_http_error(lambda: client.application.get(app.id)).status_code == 401
 
 
 def test_missing_token_is_401_json(hookd_instance: HookdInstance) -> None:
