@@ -130,6 +130,8 @@ impl Server {
         };
         let (sources, source_tasks) =
             crate::source::start(&config.sources, ingest, stop_rx.clone());
+        let (recovery, recovery_task) =
+            crate::recovery::Recovery::start(store.clone(), engine.clone(), stop_rx.clone());
 
         let state = AppState {
             store: store.clone(),
@@ -142,6 +144,7 @@ impl Server {
             api_rate_limiter: std::num::NonZeroU32::new(config.api_requests_per_second)
                 .map(|per_second| Arc::new(ApiRateLimiter::new(per_second))),
             operational_app_id,
+            recovery,
         };
         let app = api::router(state);
         tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "hookd started");
@@ -159,6 +162,8 @@ impl Server {
         for task in source_tasks {
             let _ = task.await;
         }
+        // The task runner stops between two store jobs.
+        let _ = recovery_task.await;
         let _ = engine_task.await;
         store.close();
         tracing::info!("hookd stopped");

@@ -360,11 +360,7 @@ async fn list_destinations(
 /// Returns the status shown for a delivery: pending before its first attempt,
 /// sending while retries remain, then its final status.
 pub fn shown_status(status: DeliveryStatus, attempts: u32) -> DeliveryStatus {
-    if status == DeliveryStatus::Pending && attempts > 0 {
-        DeliveryStatus::Sending
-    } else {
-        status
-    }
+    status.shown(attempts)
 }
 
 /// Formats an optional time for the API.

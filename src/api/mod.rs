@@ -3,6 +3,7 @@
 //!
 //! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
 //! - [`examples`]: sending an event type's example message to one endpoint.
+//! - [`recovery`]: recover, replay-missing and bulk replay tasks, and their progress.
 //! - [`auth`]: the bearer-token check.
 //! - [`rate_limit`]: the limit of requests per second for each token.
 //! - [`error`]: the single error shape.
@@ -19,6 +20,7 @@ pub mod examples;
 pub mod extract;
 pub mod messages;
 pub mod rate_limit;
+pub mod recovery;
 pub mod sources;
 pub mod validate;
 
@@ -54,6 +56,8 @@ pub struct AppState {
     pub api_rate_limiter: Option<Arc<rate_limit::ApiRateLimiter>>,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
+    /// The runner of recover and replay tasks, woken when one is created.
+    pub recovery: crate::recovery::Recovery,
 }
 
 /// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.
@@ -67,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(attempts::routes())
         .merge(sources::routes())
         .merge(examples::routes())
+        .merge(recovery::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -89,10 +89,11 @@ pub fn list(conn: &Connection, page: &PageRequest) -> Result<Vec<Application>> {
     rows.map(|row| finish(row?)).collect()
 }
 
-/// Deletes an application with its endpoints, messages, deliveries and attempts.
+/// Deletes an application with its endpoints, messages, deliveries,
+/// attempts and recover or replay tasks.
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
     super::endpoints::clear_writer_caches();
-    for table in ["attempts", "deliveries", "messages", "endpoints"] {
+    for table in ["tasks", "attempts", "deliveries", "messages", "endpoints"] {
         conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id])?;
     }
     Ok(conn.execute("DELETE FROM applications WHERE id = ?1", [id])? > 0)

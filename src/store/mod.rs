@@ -22,6 +22,7 @@ pub mod messages;
 pub mod operational;
 mod schema;
 pub mod settings;
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::model::{ids, Attempt, DeliveryStatus, Endpoint, Message, Trigger};
+use crate::model::{
+    ids, now_ms, Attempt, DeliveryStatus, Endpoint, Message, Task, TaskKind, TaskStatus, Trigger,
+};
 
 fn endpoint(app_id: &str, event_types: Option<Vec<&str>>) -> Endpoint {
     Endpoint {
@@ -183,6 +185,102 @@ async fn writes_survive_reopen() {
     assert_eq!(found.payload.as_deref(), Some(r#"{"a":"\u2028"}"#));
 }
 
+fn task(kind: TaskKind, endpoint_id: &str, since: i64, until: i64) -> Task {
+    Task {
+        id: ids::new_id(ids::TASK),
+        kind,
+        app_id: "app_1".to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
+        filter: Default::default(),
+        since,
+        until,
+        cursor: None,
+        messages_scanned: 0,
+        messages_sent: 0,
+        messages_expunged: 0,
+        status: TaskStatus::Running,
+        error: None,
+        created_at: until,
+        updated_at: until,
+    }
+}
+
+/// Stores a task, or returns the stored one's current state.
+async fn save_task(store: &Store, task: Task) -> Task {
+    let id = task.id.clone();
+    store
+        .write(move |conn| tasks::insert(conn, &task))
+        .await
+        .unwrap();
+    store
+        .read(move |conn| tasks::get(conn, &id))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs one step of a task: a scan of up to `limit` messages, then its page.
+async fn step(store: &Store, task_id: &str, limit: usize) -> (tasks::Scan, tasks::PageOutcome) {
+    let id = task_id.to_owned();
+    let task = store
+        .read(move |conn| tasks::get(conn, &id))
+        .await
+        .unwrap()
+        .unwrap();
+    let endpoint_id = task.endpoint_id.clone();
+    let scan = store
+        .read(move |conn| {
+            let endpoint = endpoints::get_by_id(conn, &endpoint_id)?.expect("the endpoint exists");
+            tasks::scan(conn, &task, &endpoint, limit)
+        })
+        .await
+        .unwrap();
+    let (id, applied) = (task_id.to_owned(), scan.clone());
+    let outcome = store
+        .write(move |conn| tasks::apply_page(conn, &id, &applied, now_ms()))
+        .await
+        .unwrap();
+    (scan, outcome)
+}
+
+/// Stores messages of type "a" for app_1, created at `base` plus each
+/// offset, and returns (message id, delivery id or 0 when none).
+async fn send(store: &Store, base: i64, offsets: &[i64]) -> Vec<(String, i64)> {
+    let mut sent = Vec::new();
+    for offset in offsets {
+        let created_at = base + offset;
+        let created = store
+            .write(move |conn| messages::create(conn, message("app_1", "a", None, created_at)))
+            .await
+            .unwrap();
+        let delivery = created.deliveries.first().map_or(0, |d| d.delivery_id);
+        sent.push((created.message.id, delivery));
+    }
+    sent
+}
+
+async fn record(
+    store: &Store,
+    delivery_id: i64,
+    msg_id: &str,
+    endpoint_id: &str,
+    next: deliveries::NextStep,
+) {
+    let attempt = failed_attempt(delivery_id, msg_id, endpoint_id, "app_1");
+    store
+        .write(move |conn| {
+            deliveries::record_attempt(
+                conn,
+                &attempt,
+                next,
+                20,
+                &deliveries::RecordRules::default(),
+            )
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn recover_takes_only_failed_messages_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,67 +294,242 @@ async fn recover_takes_only_failed_messages_once() {
 
     // Three messages: the first fails for good, the second has a retry pending,
     // the third failed before `since`.
-    let mut delivery_ids = Vec::new();
-    let mut msg_ids = Vec::new();
-    for created_at in [100, 200, 10] {
-        let created = store
-            .write(move |conn| messages::create(conn, message("app_1", "a", None, created_at)))
-            .await
-            .unwrap();
-        delivery_ids.push(created.deliveries[0].delivery_id);
-        msg_ids.push(created.message.id);
-    }
-    for (index, next) in [
-        (0, deliveries::NextStep::GaveUp),
-        (1, deliveries::NextStep::RetryAt(1_000)),
-        (2, deliveries::NextStep::GaveUp),
-    ] {
-        let attempt = failed_attempt(delivery_ids[index], &msg_ids[index], &ep_id, "app_1");
-        store
-            .write(move |conn| {
-                deliveries::record_attempt(
-                    conn,
-                    &attempt,
-                    next,
-                    20,
-                    &deliveries::RecordRules::default(),
-                )
-            })
-            .await
-            .unwrap();
-    }
+    let base = now_ms();
+    let sent = send(&store, base, &[100, 200, -10_000]).await;
+    record(
+        &store,
+        sent[0].1,
+        &sent[0].0,
+        &ep_id,
+        deliveries::NextStep::GaveUp,
+    )
+    .await;
+    record(
+        &store,
+        sent[1].1,
+        &sent[1].0,
+        &ep_id,
+        deliveries::NextStep::RetryAt(base + 5_000),
+    )
+    .await;
+    record(
+        &store,
+        sent[2].1,
+        &sent[2].0,
+        &ep_id,
+        deliveries::NextStep::GaveUp,
+    )
+    .await;
 
-    let id = ep_id.clone();
-    let recovered = store
-        .write(move |conn| deliveries::recover_failed(conn, &id, 50, None, 300))
-        .await
-        .unwrap();
-    assert_eq!(recovered.len(), 1);
+    let recover = save_task(
+        &store,
+        task(TaskKind::Recover, &ep_id, base + 50, base + 1_000),
+    )
+    .await;
+    let (_, outcome) = step(&store, &recover.id, 500).await;
+    assert_eq!(outcome.deliveries.len(), 1, "{:?}", outcome.deliveries);
+    let created = outcome.deliveries[0].delivery_id;
     let delivery = store
-        .read(move |conn| deliveries::get(conn, recovered[0]))
+        .read(move |conn| deliveries::get(conn, created))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(delivery.msg_id, msg_ids[0]);
+    assert_eq!(delivery.msg_id, sent[0].0);
     assert_eq!(delivery.trigger, Trigger::Manual);
     assert_eq!(delivery.status, DeliveryStatus::Pending);
+    let after = outcome.task.unwrap();
+    assert_eq!(after.status, TaskStatus::Finished);
+    assert_eq!(after.messages_scanned, 2, "messages in the window");
+    assert_eq!(after.messages_sent, 1);
 
     // The pending retry is untouched.
-    let pending = delivery_ids[1];
+    let pending = sent[1].1;
     let retry = store
         .read(move |conn| deliveries::get(conn, pending))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(retry.next_attempt_at, Some(1_000));
+    assert_eq!(retry.next_attempt_at, Some(base + 5_000));
 
     // A second recover finds the first message pending again, so adds nothing.
-    let id = ep_id.clone();
-    let again = store
-        .write(move |conn| deliveries::recover_failed(conn, &id, 50, None, 301))
+    let again = save_task(
+        &store,
+        task(TaskKind::Recover, &ep_id, base + 50, base + 1_000),
+    )
+    .await;
+    let (_, outcome) = step(&store, &again.id, 500).await;
+    assert!(outcome.deliveries.is_empty(), "{:?}", outcome.deliveries);
+}
+
+#[tokio::test]
+async fn replayed_page_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
         .await
         .unwrap();
-    assert!(again.is_empty(), "{again:?}");
+    let base = now_ms();
+    for (msg, delivery) in send(&store, base, &[1, 2, 3]).await {
+        record(
+            &store,
+            delivery,
+            &msg,
+            &ep_id,
+            deliveries::NextStep::Succeeded,
+        )
+        .await;
+    }
+
+    let replay = save_task(
+        &store,
+        task(TaskKind::BulkReplay, &ep_id, base, base + 1_000),
+    )
+    .await;
+    let (scan, outcome) = step(&store, &replay.id, 2).await;
+    assert_eq!(outcome.deliveries.len(), 2);
+    assert!(!scan.done, "two of three messages looked at");
+
+    // Applying the same scan again, as a step retried after a lost reply
+    // would, finds the cursor moved and creates nothing.
+    let id = replay.id.clone();
+    let repeated = store
+        .write(move |conn| tasks::apply_page(conn, &id, &scan, now_ms()))
+        .await
+        .unwrap();
+    assert!(repeated.deliveries.is_empty(), "{:?}", repeated.deliveries);
+    assert_eq!(repeated.task.unwrap().messages_sent, 2);
+
+    let (_, outcome) = step(&store, &replay.id, 2).await;
+    assert_eq!(outcome.deliveries.len(), 1);
+    let finished = outcome.task.unwrap();
+    assert_eq!(finished.status, TaskStatus::Finished);
+    assert_eq!(finished.messages_sent, 3);
+}
+
+#[tokio::test]
+async fn task_resumes_from_cursor_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+    let base = now_ms();
+    let sent = send(&store, base, &[1, 2, 3, 4, 5]).await;
+    for (msg, delivery) in &sent {
+        record(
+            &store,
+            *delivery,
+            msg,
+            &ep_id,
+            deliveries::NextStep::Succeeded,
+        )
+        .await;
+    }
+
+    let replay = save_task(
+        &store,
+        task(TaskKind::BulkReplay, &ep_id, base, base + 1_000),
+    )
+    .await;
+    let (_, first) = step(&store, &replay.id, 2).await;
+    store.close();
+
+    let store = Store::open(dir.path()).unwrap();
+    let mut created = first.deliveries;
+    loop {
+        let (_, outcome) = step(&store, &replay.id, 2).await;
+        created.extend(outcome.deliveries);
+        if outcome.task.unwrap().status != TaskStatus::Running {
+            break;
+        }
+    }
+    let mut replayed = Vec::new();
+    for delivery in created {
+        let id = delivery.delivery_id;
+        let found = store
+            .read(move |conn| deliveries::get(conn, id))
+            .await
+            .unwrap()
+            .unwrap();
+        replayed.push(found.msg_id);
+    }
+    let expected: Vec<String> = sent.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(replayed, expected, "replayed messages, in creation order");
+}
+
+#[tokio::test]
+async fn replay_missing_takes_never_attempted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+    let base = now_ms();
+    // Attempted and failed, pending without an attempt, then canceled
+    // before its first attempt.
+    let sent = send(&store, base, &[1, 2, 3]).await;
+    record(
+        &store,
+        sent[0].1,
+        &sent[0].0,
+        &ep_id,
+        deliveries::NextStep::GaveUp,
+    )
+    .await;
+    let canceled = sent[2].1;
+    store
+        .write(move |conn| deliveries::cancel(conn, canceled, 30))
+        .await
+        .unwrap();
+    // Then the endpoint is disabled, and a message gets no delivery.
+    let id = ep_id.clone();
+    store
+        .write(move |conn| endpoints::disable(conn, &id, 40))
+        .await
+        .unwrap();
+    let missing = send(&store, base, &[4]).await;
+    assert_eq!(missing[0].1, 0, "a disabled endpoint gets no delivery");
+    let id = ep_id.clone();
+    store
+        .write(move |conn| {
+            let mut enabled = endpoints::get_by_id(conn, &id)?.expect("the endpoint exists");
+            enabled.disabled = false;
+            endpoints::save(conn, &enabled, true)
+        })
+        .await
+        .unwrap();
+
+    let replay = save_task(
+        &store,
+        task(TaskKind::ReplayMissing, &ep_id, base, base + 1_000),
+    )
+    .await;
+    let (_, outcome) = step(&store, &replay.id, 500).await;
+    let mut replayed = Vec::new();
+    for delivery in outcome.deliveries {
+        let id = delivery.delivery_id;
+        let found = store
+            .read(move |conn| deliveries::get(conn, id))
+            .await
+            .unwrap()
+            .unwrap();
+        replayed.push(found.msg_id);
+    }
+    // The pending one was canceled by the disable too, before any attempt.
+    assert_eq!(
+        replayed,
+        vec![sent[1].0.clone(), sent[2].0.clone(), missing[0].0.clone()],
+        "messages never attempted at the endpoint"
+    );
 }
 
 #[tokio::test]
