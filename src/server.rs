@@ -132,6 +132,14 @@ impl Server {
             crate::source::start(&config.sources, ingest, stop_rx.clone());
         let (recovery, recovery_task) =
             crate::recovery::Recovery::start(store.clone(), engine.clone(), stop_rx.clone());
+        let retention_task = config.retention_period.map(|period| {
+            crate::retention::start(
+                store.clone(),
+                period,
+                config.retention_interval,
+                stop_rx.clone(),
+            )
+        });
 
         let state = AppState {
             store: store.clone(),
@@ -162,8 +170,11 @@ impl Server {
         for task in source_tasks {
             let _ = task.await;
         }
-        // The task runner stops between two store jobs.
+        // The task runner and the retention job stop between two store jobs.
         let _ = recovery_task.await;
+        if let Some(task) = retention_task {
+            let _ = task.await;
+        }
         let _ = engine_task.await;
         store.close();
         tracing::info!("hookd stopped");

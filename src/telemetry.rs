@@ -50,7 +50,7 @@ pub mod metric {
     /// Histogram: jobs per group commit.
     pub const STORE_COMMIT_JOBS: &str = "hookd_store_commit_jobs";
     /// Counter, label `operation`: begin, commit, record_attempt, refill,
-    /// retry_scan, task_step.
+    /// retry_scan, task_step, retention.
     pub const STORE_ERRORS: &str = "hookd_store_errors_total";
     /// Counter, label `source`: records read from a stream source.
     pub const SOURCE_RECORDS: &str = "hookd_source_records_total";

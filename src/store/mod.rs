@@ -20,6 +20,7 @@ pub mod endpoints;
 pub mod event_types;
 pub mod messages;
 pub mod operational;
+pub mod retention;
 mod schema;
 pub mod settings;
 pub mod tasks;

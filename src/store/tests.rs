@@ -725,3 +725,93 @@ async fn success_resets_the_failure_clock() {
         .disabled;
     assert!(!disabled);
 }
+
+#[tokio::test]
+async fn retention_expunges_rows_made_before_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let ep_id = ep.id.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &ep, false))
+        .await
+        .unwrap();
+    let old = send(&store, now_ms(), &[0, 0]).await;
+    for (index, (msg, delivery)) in old.iter().enumerate() {
+        let mut attempt = failed_attempt(*delivery, msg, &ep_id, "app_1");
+        // An empty body has nothing to expunge and stays empty.
+        attempt.response = if index == 0 {
+            "secret".to_owned()
+        } else {
+            String::new()
+        };
+        store
+            .write(move |conn| attempts::insert(conn, &attempt))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cutoff = now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let young = send(&store, now_ms(), &[0]).await;
+
+    // One row per batch: a batch that looks at fewer rows than its limit
+    // is the last.
+    let mut batches = Vec::new();
+    loop {
+        let batch = store
+            .write(move |conn| retention::expunge_messages(conn, cutoff, 1))
+            .await
+            .unwrap();
+        batches.push((batch.examined, batch.expunged));
+        if batch.examined < 1 {
+            break;
+        }
+    }
+    assert_eq!(batches, vec![(1, 1), (1, 1), (0, 0)]);
+    let attempts_batch = store
+        .write(move |conn| retention::expunge_attempts(conn, cutoff, 10))
+        .await
+        .unwrap();
+    assert_eq!(attempts_batch.examined, 2);
+    assert_eq!(attempts_batch.expunged, 1);
+
+    for (msg, _) in &old {
+        let id = msg.clone();
+        let found = store
+            .read(move |conn| messages::get(conn, "app_1", &id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            found.payload, None,
+            "payload of {msg}, made before the cutoff"
+        );
+    }
+    let id = young[0].0.clone();
+    let kept = store
+        .read(move |conn| messages::get(conn, "app_1", &id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        kept.payload.is_some(),
+        "a message made after the cutoff keeps its payload"
+    );
+    let responses: Vec<String> = store
+        .read(move |conn| {
+            let mut statement = conn.prepare("SELECT response FROM attempts ORDER BY id")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(responses, vec!["EXPUNGED".to_owned(), String::new()]);
+
+    // The watermark keeps a later run from reading the same rows again.
+    let again = store
+        .write(move |conn| retention::expunge_messages(conn, cutoff, 10))
+        .await
+        .unwrap();
+    assert_eq!(again, retention::Batch::default());
+}
