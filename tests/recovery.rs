@@ -398,6 +398,37 @@ async fn tasks_keep_pending_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_skips_expunged_payloads() {
+    let hookd = start_serial("100ms").await;
+    let receiver = Receiver::always(Answer::ok());
+    let app = hookd.create_app().await;
+    let endpoint = hookd
+        .create_endpoint_with(&app, json!({"url": receiver.url(), "disabled": true}))
+        .await;
+    let since = seconds_ago(1);
+    let expunged = send(&hookd, &app, "test.event", &[], json!({"n": 1})).await;
+    let kept = send(&hookd, &app, "test.event", &[], json!({"n": 2})).await;
+    let path = format!("/api/v1/app/{app}/msg/{expunged}/content");
+    let reply = hookd.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(reply.status, 204, "DELETE {path}: {:?}", reply.body);
+    patch_endpoint(&hookd, &app, &endpoint, json!({"disabled": false})).await;
+
+    let task = start_task(
+        &hookd,
+        &app,
+        &endpoint,
+        "replay-missing",
+        json!({ "since": since }),
+    )
+    .await;
+    let ended = wait_ended(&hookd, &task).await;
+    assert_eq!(ended["status"], "finished", "{ended}");
+    assert_eq!(ended["data"]["messagesSent"], 1, "{ended}");
+    assert_eq!(ended["data"]["messagesExpunged"], 1, "{ended}");
+    assert_eq!(arrivals_after(&receiver, 0, 1).await, [kept]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_requests_are_checked() {
     let hookd = Hookd::start().await;
     let app = hookd.create_app().await;
