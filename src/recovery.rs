@@ -1,8 +1,8 @@
 //! The runner of recover, replay-missing and bulk replay tasks.
 //!
-//! The API stores a task and returns; one Tokio task then advances every
-//! running task, a page at a time and one task after another: it reads the
-//! next page of messages on a read connection, then creates their
+//! The API stores a task and returns. One Tokio task then advances every
+//! running task, a page at a time and one task after another. For each page
+//! it reads the messages on a read connection, then creates their
 //! deliveries and moves the task's cursor in one write job (see
 //! [`crate::store::tasks`]). Tasks found running at start are resumed from
 //! their cursor.

@@ -59,7 +59,7 @@ pub fn start(
     })
 }
 
-/// What one run removed.
+/// Rows changed by one run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
     /// Message payloads expunged.

@@ -1,7 +1,8 @@
 //! Recover, replay-missing and bulk replay tasks against real receivers on
-//! 127.0.0.1: what each sends, in which order, that each message goes out
-//! once per task with its original webhook-id, that a task leaves pending
-//! retries alone, and that a task survives `kill -9` of the real binary.
+//! 127.0.0.1. The tests check what each task sends and in which order, that
+//! each message goes out once per task with its original webhook-id, that a
+//! task leaves pending retries alone, and that a task survives `kill -9` of
+//! the real binary.
 
 mod common;
 

@@ -63,9 +63,9 @@ pub struct MessageOut {
 }
 
 impl MessageOut {
-    /// Builds the response body. The payload is the stored bytes, unchanged;
-    /// `{}` when it was not requested; and `{"expired":true}`, as in the Svix
-    /// API, when it was expunged through the API or by the retention job.
+    /// Builds the response body. The payload is the stored bytes, unchanged,
+    /// or `{}` when it was not requested. An expunged payload reads
+    /// `{"expired":true}`, as in the Svix API.
     pub fn new(message: Message, with_content: bool) -> Self {
         let payload = if with_content {
             message

@@ -4,7 +4,7 @@
 
 use super::{DeliveryStatus, Millis};
 
-/// What a task sends.
+/// The kind of a task, which decides what it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskKind {
     /// Messages that were attempted at the endpoint and never delivered.
@@ -16,7 +16,7 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
-    /// The name in the API's `task` field.
+    /// Returns the name in the API's `task` field.
     pub fn name(self) -> &'static str {
         match self {
             Self::Recover => "endpoint.recover",
@@ -43,7 +43,7 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    /// The name in the API's `status` field.
+    /// Returns the name in the API's `status` field.
     pub fn name(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -115,7 +115,7 @@ pub struct Task {
     /// Messages that qualified but were not sent because their payload was expunged.
     pub messages_expunged: u64,
     pub status: TaskStatus,
-    /// Why the task failed, when it did.
+    /// The reason the task failed, when it did.
     pub error: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,

@@ -2,16 +2,16 @@
 //! retention period, in batches small enough not to hold the writer long.
 //!
 //! Age is the time in the row's id (a ULID made when the row was created).
-//! Each table has a watermark in `settings`: the id through which every row
-//! has been handled, so a batch reads only rows it has not seen, and the
-//! work of a run is proportional to what aged since the last one.
+//! Each table has a watermark in `settings`, the id through which every row
+//! has been handled. A batch reads only rows after it, so the work of a run
+//! grows with what aged since the last run, not with the table.
 
 use rusqlite::{params, Connection};
 
 use super::Result;
 use crate::model::{ids, Millis};
 
-/// What an expunged attempt response reads, as in the Svix API.
+/// Text that replaces an expunged attempt response, as in the Svix API.
 pub const EXPUNGED_RESPONSE: &str = "EXPUNGED";
 
 const MESSAGES_WATERMARK: &str = "retention_messages_through";

@@ -1,12 +1,12 @@
 //! Recover and replay tasks: their rows, and the two halves of one step.
 //!
-//! A step of a task is a [`scan`] on a read connection, which pages through
-//! the messages after the task's cursor in id order (which is creation
-//! order) and picks the ones to send, then [`apply_page`] in one write job,
-//! which checks each pick again, creates its delivery and moves the cursor
-//! past every message the scan looked at. Because the cursor moves in the
-//! same transaction as the deliveries, a task that restarts, even after
-//! `kill -9`, resumes after the last committed page: it neither skips a
+//! A step of a task has two halves. First [`scan`], on a read connection,
+//! pages through the messages after the task's cursor in id order (which is
+//! creation order) and picks the ones to send. Then [`apply_page`], in one
+//! write job, checks each pick again, creates its delivery and moves the
+//! cursor past every message the scan looked at. Because the cursor moves in
+//! the same transaction as the deliveries, a task that restarts, even after
+//! `kill -9`, resumes after the last committed page. It neither skips a
 //! message nor sends one twice.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -281,7 +281,7 @@ fn finish_facts((mut facts, channels, tags): RawFacts) -> Result<MessageFacts> {
     Ok(facts)
 }
 
-/// What the deliveries of one message to one endpoint add up to.
+/// The combined state of the deliveries of one message to one endpoint.
 #[derive(Debug, Clone, Copy, Default)]
 struct DeliveryHistory {
     any: bool,
