@@ -439,6 +439,7 @@ async fn task_requests_are_checked() {
     let cases = [
         ("recover", json!({}), "since"),
         ("recover", json!({"since": "yesterday"}), "since"),
+        ("recover", json!({"since": "2999-01-01T00:00:00Z"}), "since"),
         (
             "replay-missing",
             json!({"since": seconds_ago(10), "until": seconds_ago(20)}),

@@ -223,10 +223,19 @@ async fn start(
 ) -> ApiResult<(StatusCode, Json<TaskOut>)> {
     let endpoint = load_endpoint(&state, &app_id, &endpoint_id).await?;
     let now = now_ms();
-    let until = until.unwrap_or(now);
-    if until <= since {
-        return Err(ApiError::field("until", "must be later than since"));
-    }
+    let until = match until {
+        Some(until) if until <= since => {
+            return Err(ApiError::field("until", "must be later than since"));
+        }
+        Some(until) => until,
+        None if since >= now => {
+            return Err(ApiError::field(
+                "since",
+                "must be in the past when until is not given, since until defaults to now",
+            ));
+        }
+        None => now,
+    };
     if endpoint.disabled {
         return Err(ApiError::bad_request(
             "endpoint_disabled",

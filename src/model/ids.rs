@@ -36,13 +36,19 @@ pub const DEAD_LETTER: &str = "dlr";
 /// Returns the smallest id with this prefix whose time part is `ms`, so
 /// `id >= first_at(prefix, ms)` selects ids made at or after that millisecond.
 pub fn first_at(prefix: &str, ms: i64) -> String {
-    format!("{prefix}_{}", Ulid::from_parts(ms.max(0) as u64, 0))
+    format!("{prefix}_{}", Ulid::from_parts(ulid_time(ms), 0))
 }
 
 /// Returns the largest id with this prefix whose time part is `ms`, so
 /// `id <= last_at(prefix, ms)` selects ids made at or before that millisecond.
 pub fn last_at(prefix: &str, ms: i64) -> String {
-    format!("{prefix}_{}", Ulid::from_parts(ms.max(0) as u64, u128::MAX))
+    format!("{prefix}_{}", Ulid::from_parts(ulid_time(ms), u128::MAX))
+}
+
+/// Clamps a time to the 48 bits a ULID holds (until the year 10889), so a
+/// time far out of range gives the first or last id rather than a wrapped one.
+fn ulid_time(ms: i64) -> u64 {
+    ms.clamp(0, (1 << 48) - 1) as u64
 }
 
 /// Returns true when `value` looks like an id with the given prefix, so that a
@@ -89,6 +95,8 @@ mod tests {
             id < first_at(MESSAGE, ms + 1),
             "{id} within the next millisecond"
         );
+        assert!(id < first_at(MESSAGE, i64::MAX), "{id} after the last time");
+        assert!(last_at(MESSAGE, -5) < id, "{id} before the first time");
     }
 
     #[test]
