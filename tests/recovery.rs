@@ -516,20 +516,20 @@ async fn background_tasks_list_by_kind_and_status() {
     };
     assert_eq!(
         ids(hookd.get("/api/v1/background-task").await),
-        [replay.clone(), recover.clone()],
+        [replay.as_str(), recover.as_str()],
         "newest first"
     );
     assert_eq!(
         ids(hookd
             .get("/api/v1/background-task?task=endpoint.recover")
             .await),
-        [recover.clone()]
+        [recover.as_str()]
     );
     assert_eq!(
         ids(hookd
             .get("/api/v1/background-task?status=finished&order=ascending")
             .await),
-        [recover, replay]
+        [recover.as_str(), replay.as_str()]
     );
     assert!(ids(hookd.get("/api/v1/background-task?status=running").await).is_empty());
 }
