@@ -77,35 +77,43 @@ pub async fn expunge_before(
     cutoff: Millis,
     stop: &watch::Receiver<bool>,
 ) -> Result<Totals, StoreError> {
-    let mut totals = Totals::default();
+    Ok(Totals {
+        messages: in_batches(store, stop, move |conn| {
+            retention::expunge_messages(conn, cutoff, BATCH_ROWS)
+        })
+        .await?,
+        attempts: in_batches(store, stop, move |conn| {
+            retention::expunge_attempts(conn, cutoff, BATCH_ROWS)
+        })
+        .await?,
+        tasks: in_batches(store, stop, move |conn| {
+            let deleted = tasks::delete_ended_before(conn, cutoff, BATCH_ROWS)?;
+            Ok(retention::Batch {
+                examined: deleted,
+                expunged: deleted,
+            })
+        })
+        .await?,
+    })
+}
+
+/// Runs `batch` in one write job after another until one looks at fewer
+/// than [`BATCH_ROWS`] rows or `stop` turns true, and returns the rows changed.
+async fn in_batches(
+    store: &Store,
+    stop: &watch::Receiver<bool>,
+    batch: impl Fn(&rusqlite::Connection) -> Result<retention::Batch, StoreError>
+        + Clone
+        + Send
+        + 'static,
+) -> Result<usize, StoreError> {
+    let mut changed = 0;
     loop {
-        let batch = store
-            .write(move |conn| retention::expunge_messages(conn, cutoff, BATCH_ROWS))
-            .await?;
-        totals.messages += batch.expunged;
-        if batch.examined < BATCH_ROWS || *stop.borrow() {
-            break;
+        let done = store.write(batch.clone()).await?;
+        changed += done.expunged;
+        if done.examined < BATCH_ROWS || *stop.borrow() {
+            return Ok(changed);
         }
         tokio::task::yield_now().await;
     }
-    loop {
-        let batch = store
-            .write(move |conn| retention::expunge_attempts(conn, cutoff, BATCH_ROWS))
-            .await?;
-        totals.attempts += batch.expunged;
-        if batch.examined < BATCH_ROWS || *stop.borrow() {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    loop {
-        let deleted = store
-            .write(move |conn| tasks::delete_ended_before(conn, cutoff, BATCH_ROWS))
-            .await?;
-        totals.tasks += deleted;
-        if deleted < BATCH_ROWS || *stop.borrow() {
-            break;
-        }
-    }
-    Ok(totals)
 }

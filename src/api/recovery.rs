@@ -16,7 +16,7 @@ use super::endpoints::load as load_endpoint;
 use super::error::{ApiError, ApiResult};
 use super::extract::{deserialize_optional_time, deserialize_time, JsonBody, Path, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
-use crate::model::{ids, now_ms, Millis, Task, TaskFilter, TaskKind, TaskStatus};
+use crate::model::{now_ms, Millis, Task, TaskFilter, TaskKind, TaskStatus};
 use crate::store::tasks::{self as store, TaskListFilter};
 
 pub fn routes() -> Router<AppState> {
@@ -243,23 +243,7 @@ async fn start(
         ));
     }
 
-    let task = Task {
-        id: ids::new_id(ids::TASK),
-        kind,
-        app_id: endpoint.app_id.clone(),
-        endpoint_id: endpoint.id.clone(),
-        filter,
-        since,
-        until,
-        cursor: None,
-        messages_scanned: 0,
-        messages_sent: 0,
-        messages_expunged: 0,
-        status: TaskStatus::Running,
-        error: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let task = Task::new(kind, &endpoint, filter, since, until, now);
     let saved = task.clone();
     state
         .store

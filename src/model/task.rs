@@ -120,3 +120,33 @@ pub struct Task {
     pub created_at: Millis,
     pub updated_at: Millis,
 }
+
+impl Task {
+    /// Builds a running task with a new id and no progress yet.
+    pub fn new(
+        kind: TaskKind,
+        endpoint: &super::Endpoint,
+        filter: TaskFilter,
+        since: Millis,
+        until: Millis,
+        now: Millis,
+    ) -> Self {
+        Self {
+            id: super::ids::new_id(super::ids::TASK),
+            kind,
+            app_id: endpoint.app_id.clone(),
+            endpoint_id: endpoint.id.clone(),
+            filter,
+            since,
+            until,
+            cursor: None,
+            messages_scanned: 0,
+            messages_sent: 0,
+            messages_expunged: 0,
+            status: TaskStatus::Running,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}

@@ -185,24 +185,37 @@ async fn writes_survive_reopen() {
     assert_eq!(found.payload.as_deref(), Some(r#"{"a":"\u2028"}"#));
 }
 
-fn task(kind: TaskKind, endpoint_id: &str, since: i64, until: i64) -> Task {
-    Task {
-        id: ids::new_id(ids::TASK),
-        kind,
-        app_id: "app_1".to_owned(),
-        endpoint_id: endpoint_id.to_owned(),
-        filter: Default::default(),
-        since,
-        until,
-        cursor: None,
-        messages_scanned: 0,
-        messages_sent: 0,
-        messages_expunged: 0,
-        status: TaskStatus::Running,
-        error: None,
-        created_at: until,
-        updated_at: until,
+/// Opens a store in a temporary folder with one endpoint of app_1 that
+/// takes every message, and returns the folder, the store and the endpoint.
+async fn store_with_endpoint() -> (tempfile::TempDir, Store, Endpoint) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ep = endpoint("app_1", None);
+    let saved = ep.clone();
+    store
+        .write(move |conn| endpoints::save(conn, &saved, false))
+        .await
+        .unwrap();
+    (dir, store, ep)
+}
+
+fn task(kind: TaskKind, endpoint: &Endpoint, since: i64, until: i64) -> Task {
+    Task::new(kind, endpoint, Default::default(), since, until, until)
+}
+
+/// Returns the message ids of deliveries, in their order.
+async fn messages_of(store: &Store, created: Vec<messages::NewDelivery>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for delivery in created {
+        let id = delivery.delivery_id;
+        let found = store
+            .read(move |conn| deliveries::get(conn, id))
+            .await
+            .unwrap()
+            .unwrap();
+        ids.push(found.msg_id);
     }
+    ids
 }
 
 /// Stores a task, or returns the stored one's current state.
@@ -283,14 +296,8 @@ async fn record(
 
 #[tokio::test]
 async fn recover_takes_only_failed_messages_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let ep = endpoint("app_1", None);
+    let (_dir, store, ep) = store_with_endpoint().await;
     let ep_id = ep.id.clone();
-    store
-        .write(move |conn| endpoints::save(conn, &ep, false))
-        .await
-        .unwrap();
 
     // Three messages: the first fails for good, the second has a retry pending,
     // the third failed before `since`.
@@ -323,7 +330,7 @@ async fn recover_takes_only_failed_messages_once() {
 
     let recover = save_task(
         &store,
-        task(TaskKind::Recover, &ep_id, base + 50, base + 1_000),
+        task(TaskKind::Recover, &ep, base + 50, base + 1_000),
     )
     .await;
     let (_, outcome) = step(&store, &recover.id, 500).await;
@@ -354,7 +361,7 @@ async fn recover_takes_only_failed_messages_once() {
     // A second recover finds the first message pending again, so adds nothing.
     let again = save_task(
         &store,
-        task(TaskKind::Recover, &ep_id, base + 50, base + 1_000),
+        task(TaskKind::Recover, &ep, base + 50, base + 1_000),
     )
     .await;
     let (_, outcome) = step(&store, &again.id, 500).await;
@@ -363,14 +370,8 @@ async fn recover_takes_only_failed_messages_once() {
 
 #[tokio::test]
 async fn replayed_page_is_applied_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let ep = endpoint("app_1", None);
+    let (_dir, store, ep) = store_with_endpoint().await;
     let ep_id = ep.id.clone();
-    store
-        .write(move |conn| endpoints::save(conn, &ep, false))
-        .await
-        .unwrap();
     let base = now_ms();
     for (msg, delivery) in send(&store, base, &[1, 2, 3]).await {
         record(
@@ -383,11 +384,7 @@ async fn replayed_page_is_applied_once() {
         .await;
     }
 
-    let replay = save_task(
-        &store,
-        task(TaskKind::BulkReplay, &ep_id, base, base + 1_000),
-    )
-    .await;
+    let replay = save_task(&store, task(TaskKind::BulkReplay, &ep, base, base + 1_000)).await;
     let (scan, outcome) = step(&store, &replay.id, 2).await;
     assert_eq!(outcome.deliveries.len(), 2);
     assert!(!scan.done, "two of three messages looked at");
@@ -411,14 +408,8 @@ async fn replayed_page_is_applied_once() {
 
 #[tokio::test]
 async fn task_resumes_from_cursor_after_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let ep = endpoint("app_1", None);
+    let (dir, store, ep) = store_with_endpoint().await;
     let ep_id = ep.id.clone();
-    store
-        .write(move |conn| endpoints::save(conn, &ep, false))
-        .await
-        .unwrap();
     let base = now_ms();
     let sent = send(&store, base, &[1, 2, 3, 4, 5]).await;
     for (msg, delivery) in &sent {
@@ -432,11 +423,7 @@ async fn task_resumes_from_cursor_after_reopen() {
         .await;
     }
 
-    let replay = save_task(
-        &store,
-        task(TaskKind::BulkReplay, &ep_id, base, base + 1_000),
-    )
-    .await;
+    let replay = save_task(&store, task(TaskKind::BulkReplay, &ep, base, base + 1_000)).await;
     let (_, first) = step(&store, &replay.id, 2).await;
     store.close();
 
@@ -449,30 +436,15 @@ async fn task_resumes_from_cursor_after_reopen() {
             break;
         }
     }
-    let mut replayed = Vec::new();
-    for delivery in created {
-        let id = delivery.delivery_id;
-        let found = store
-            .read(move |conn| deliveries::get(conn, id))
-            .await
-            .unwrap()
-            .unwrap();
-        replayed.push(found.msg_id);
-    }
+    let replayed = messages_of(&store, created).await;
     let expected: Vec<String> = sent.into_iter().map(|(id, _)| id).collect();
     assert_eq!(replayed, expected, "replayed messages, in creation order");
 }
 
 #[tokio::test]
 async fn replay_missing_takes_never_attempted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let ep = endpoint("app_1", None);
+    let (_dir, store, ep) = store_with_endpoint().await;
     let ep_id = ep.id.clone();
-    store
-        .write(move |conn| endpoints::save(conn, &ep, false))
-        .await
-        .unwrap();
     let base = now_ms();
     // Attempted and failed, pending without an attempt, then canceled
     // before its first attempt.
@@ -510,20 +482,11 @@ async fn replay_missing_takes_never_attempted() {
 
     let replay = save_task(
         &store,
-        task(TaskKind::ReplayMissing, &ep_id, base, base + 1_000),
+        task(TaskKind::ReplayMissing, &ep, base, base + 1_000),
     )
     .await;
     let (_, outcome) = step(&store, &replay.id, 500).await;
-    let mut replayed = Vec::new();
-    for delivery in outcome.deliveries {
-        let id = delivery.delivery_id;
-        let found = store
-            .read(move |conn| deliveries::get(conn, id))
-            .await
-            .unwrap()
-            .unwrap();
-        replayed.push(found.msg_id);
-    }
+    let replayed = messages_of(&store, outcome.deliveries).await;
     // The pending one was canceled by the disable too, before any attempt.
     assert_eq!(
         replayed,
@@ -728,14 +691,8 @@ async fn success_resets_the_failure_clock() {
 
 #[tokio::test]
 async fn retention_expunges_rows_made_before_cutoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let ep = endpoint("app_1", None);
+    let (_dir, store, ep) = store_with_endpoint().await;
     let ep_id = ep.id.clone();
-    store
-        .write(move |conn| endpoints::save(conn, &ep, false))
-        .await
-        .unwrap();
     let old = send(&store, now_ms(), &[0, 0]).await;
     for (index, (msg, delivery)) in old.iter().enumerate() {
         let mut attempt = failed_attempt(*delivery, msg, &ep_id, "app_1");
