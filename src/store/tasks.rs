@@ -22,6 +22,8 @@ use crate::model::{
 /// and stream records take `created_at` before their store job waits in the
 /// writer's queue, so the two can be seconds apart under load. A scan reads
 /// ids this much beyond each end of the window and filters on `created_at`.
+/// NOTE: a message made while the system clock stepped by more than this
+/// can be missed by a window that ends or starts right next to it.
 const ID_TIME_SLACK_MS: Millis = 60_000;
 
 const COLUMNS: &str = "id, kind, app_id, endpoint_id, filter, since, until, cursor, \
