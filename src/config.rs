@@ -71,6 +71,13 @@ pub struct Config {
     /// Key that encrypts endpoint secrets in the database; `None` stores them
     /// as plaintext (`encryption_key`, `HOOKD_ENCRYPTION_KEY`).
     pub encryption_key: Option<EncryptionKey>,
+    /// How long message payloads and attempt response bodies are kept before
+    /// the retention job expunges them; `None` keeps them forever
+    /// (`retention_period`, `HOOKD_RETENTION_PERIOD`).
+    pub retention_period: Option<Duration>,
+    /// Time between two runs of the retention job, which also runs at start
+    /// (`retention_interval`, `HOOKD_RETENTION_INTERVAL`).
+    pub retention_interval: Duration,
     /// `text` or `json` log lines (`log_format`, `HOOKD_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Kafka topics and NATS streams to consume (`[[sources.kafka]]` and
@@ -131,6 +138,8 @@ struct FileConfig {
     operational_webhook_urls: Option<StringOrList>,
     operational_webhook_secret: Option<String>,
     encryption_key: Option<String>,
+    retention_period: Option<String>,
+    retention_interval: Option<String>,
     sources: Option<SourcesConfig>,
 }
 
@@ -180,6 +189,8 @@ const KEYS: &[&str] = &[
     "operational_webhook_urls",
     "operational_webhook_secret",
     "encryption_key",
+    "retention_period",
+    "retention_interval",
 ];
 
 impl RawValues {
@@ -288,6 +299,8 @@ impl Config {
                 parsed.operational_webhook_secret,
             );
             put("encryption_key", parsed.encryption_key);
+            put("retention_period", parsed.retention_period);
+            put("retention_interval", parsed.retention_interval);
         }
 
         for (name, value) in env {
@@ -399,6 +412,13 @@ impl Config {
                     _ => parse_positive_duration(v, Duration::from_secs(365 * 24 * 3600)).map(Some),
                 },
             )?;
+        let retention_period = parse(raw, "retention_period", "30days", "30days", |v| match v {
+            "never" => Ok(None),
+            _ => parse_positive_duration(v, Duration::from_secs(100 * 365 * 24 * 3600)).map(Some),
+        })?;
+        let retention_interval = parse(raw, "retention_interval", "1h", "1h", |v| {
+            parse_positive_duration(v, Duration::from_secs(7 * 24 * 3600))
+        })?;
         let operational_webhook_urls = parse(
             raw,
             "operational_webhook_urls",
@@ -475,6 +495,8 @@ impl Config {
             operational_webhook_urls,
             operational_webhook_secret,
             encryption_key,
+            retention_period,
+            retention_interval,
             sources: SourcesConfig::default(),
         })
     }
@@ -787,6 +809,52 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("127.0.0.53:53,10.0.0.2"), "{text}");
+    }
+
+    #[test]
+    fn retention_defaults_match_documentation() {
+        let config = Config::defaults();
+        assert_eq!(
+            config.retention_period,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        assert_eq!(config.retention_interval, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn retention_never_keeps_everything() {
+        let config = Config::load(None, env(&[("HOOKD_RETENTION_PERIOD", "never")])).unwrap();
+        assert_eq!(config.retention_period, None);
+    }
+
+    #[test]
+    fn retention_settings_read_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookd.toml");
+        std::fs::write(
+            &path,
+            "retention_period = \"90days\"\nretention_interval = \"15m\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(
+            config.retention_period,
+            Some(Duration::from_secs(90 * 24 * 3600))
+        );
+        assert_eq!(config.retention_interval, Duration::from_secs(15 * 60));
+    }
+
+    #[test]
+    fn invalid_retention_names_variable() {
+        for (key, value) in [
+            ("HOOKD_RETENTION_PERIOD", "30"),
+            ("HOOKD_RETENTION_PERIOD", "forever"),
+            ("HOOKD_RETENTION_INTERVAL", "never"),
+            ("HOOKD_RETENTION_INTERVAL", "0s"),
+        ] {
+            let err = Config::load(None, env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`api`]: the Svix-compatible REST API (axum routers, auth, one error shape).
 //! - [`store`]: the embedded SQLite store, with group commits on one writer thread.
 //! - [`delivery`]: the per-endpoint scheduler, the HTTP sender, retry policy, signing and SSRF guard.
+//! - [`recovery`]: the runner of recover and replay tasks, which page through stored messages.
+//! - [`retention`]: the job that expunges payloads and response bodies past the retention period.
 //! - [`source`]: Kafka and NATS JetStream consumers that turn records into messages.
 //! - [`server`]: wires the store, the delivery engine and the API into a running service.
 //! - [`telemetry`]: logging set-up.
@@ -15,6 +17,8 @@ pub mod api;
 pub mod config;
 pub mod delivery;
 pub mod model;
+pub mod recovery;
+pub mod retention;
 pub mod server;
 pub mod source;
 pub mod store;

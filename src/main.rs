@@ -172,6 +172,14 @@ fn describe(config: &Config) -> String {
                 .disable_endpoint_after
                 .map_or("never".to_owned(), duration)
         ),
+        format!(
+            "retention_period = {}",
+            config.retention_period.map_or("never".to_owned(), duration)
+        ),
+        format!(
+            "retention_interval = {}",
+            duration(config.retention_interval)
+        ),
         format!("max_payload_bytes = {}", config.max_payload_bytes),
         format!("max_response_bytes = {}", config.max_response_bytes),
         format!("https_only = {}", config.https_only),

@@ -130,6 +130,16 @@ impl Server {
         };
         let (sources, source_tasks) =
             crate::source::start(&config.sources, ingest, stop_rx.clone());
+        let (recovery, recovery_task) =
+            crate::recovery::Recovery::start(store.clone(), engine.clone(), stop_rx.clone());
+        let retention_task = config.retention_period.map(|period| {
+            crate::retention::start(
+                store.clone(),
+                period,
+                config.retention_interval,
+                stop_rx.clone(),
+            )
+        });
 
         let state = AppState {
             store: store.clone(),
@@ -142,6 +152,7 @@ impl Server {
             api_rate_limiter: std::num::NonZeroU32::new(config.api_requests_per_second)
                 .map(|per_second| Arc::new(ApiRateLimiter::new(per_second))),
             operational_app_id,
+            recovery,
         };
         let app = api::router(state);
         tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "hookd started");
@@ -157,6 +168,11 @@ impl Server {
 
         // Sources stop before the store closes: each acknowledges what it stored.
         for task in source_tasks {
+            let _ = task.await;
+        }
+        // The task runner and the retention job stop between two store jobs.
+        let _ = recovery_task.await;
+        if let Some(task) = retention_task {
             let _ = task.await;
         }
         let _ = engine_task.await;

@@ -49,7 +49,8 @@ pub mod metric {
     pub const STORE_COMMIT_DURATION: &str = "hookd_store_commit_duration_seconds";
     /// Histogram: jobs per group commit.
     pub const STORE_COMMIT_JOBS: &str = "hookd_store_commit_jobs";
-    /// Counter, label `operation`: begin, commit, record_attempt, refill, retry_scan.
+    /// Counter, label `operation`: begin, commit, record_attempt, refill,
+    /// retry_scan, task_step, retention.
     pub const STORE_ERRORS: &str = "hookd_store_errors_total";
     /// Counter, label `source`: records read from a stream source.
     pub const SOURCE_RECORDS: &str = "hookd_source_records_total";

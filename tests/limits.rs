@@ -736,6 +736,7 @@ async fn list_paths(hookd: &Hookd) -> Vec<String> {
         format!("/api/v1/app/{app}/attempt/endpoint/{endpoint}"),
         format!("/api/v1/app/{app}/attempt/msg/{msg}"),
         format!("/api/v1/app/{app}/endpoint/{endpoint}/msg"),
+        "/api/v1/background-task".to_owned(),
     ]
 }
 

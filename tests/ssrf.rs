@@ -374,7 +374,15 @@ async fn recover_to_rebound_name_is_blocked() {
     let since = json!({"since": "2000-01-01T00:00:00Z"});
     let reply = hookd.post(&recover, &since).await;
     assert_eq!(reply.status, 202, "POST {recover}: {:?}", reply.body);
-    assert_eq!(reply.body["data"]["messagesSent"], 1, "{:?}", reply.body);
+    // Recover runs as a background task; wait for it to end.
+    let task = format!("/api/v1/background-task/{}", id_of(&reply.body));
+    let ended = eventually(WAIT, "the recover task to end", || async {
+        let reply = hookd.get(&task).await;
+        (reply.body["status"] != "running").then_some(reply.body)
+    })
+    .await;
+    assert_eq!(ended["status"], "finished", "{ended}");
+    assert_eq!(ended["data"]["messagesSent"], 1, "{ended}");
 
     let path = format!("/api/v1/app/{app}/attempt/msg/{msg}");
     let attempts = wait_for_attempts(&hookd, &path, 2).await;

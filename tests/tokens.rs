@@ -122,6 +122,22 @@ const ROUTES: &[Route] = &[
         "/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend",
         Own(202),
     ),
+    // recovery.rs
+    route(
+        "POST",
+        "/app/{app_id}/endpoint/{endpoint_id}/replay-missing",
+        Own(202),
+    ),
+    route(
+        "POST",
+        "/app/{app_id}/endpoint/{endpoint_id}/bulk-replay",
+        Own(202),
+    ),
+    // Each token sees only its own application's tasks, so these answer
+    // whatever the application; `task_list_shows_only_own_tasks` checks the
+    // contents.
+    route("GET", "/background-task", Shared(200)),
+    route("GET", "/background-task/{task_id}", Shared(404)),
     // poller.rs
     route("GET", "/app/{app_id}/poller/{sink_id}", Own(200)),
     route(
@@ -211,6 +227,7 @@ impl PathValues {
             .replace("{endpoint_id}", &self.endpoint)
             .replace("{sink_id}", &self.endpoint)
             .replace("{consumer_id}", "walker")
+            .replace("{task_id}", "qtask_01JZZZZZZZZZZZZZZZZZZZZZZZ")
             .replace("{msg_id}", &self.msg)
             .replace("{attempt_id}", &self.attempt)
             .replace("{name}", name);
@@ -244,6 +261,8 @@ fn body_for(method: &str, template: &str, receiver_url: &str) -> Option<Value> {
         }
         ("POST", "/app/{app_id}/msg") => json!({"eventType": EVENT_TYPE, "payload": {"walk": 1}}),
         ("POST", "/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend") => json!({}),
+        ("POST", "/app/{app_id}/endpoint/{endpoint_id}/replay-missing")
+        | ("POST", "/app/{app_id}/endpoint/{endpoint_id}/bulk-replay") => json!({"since": since}),
         ("POST", "/app/{app_id}/poller/{sink_id}/consumer/{consumer_id}/seek") => {
             json!({"after": since})
         }
@@ -853,4 +872,55 @@ async fn app_token_has_its_own_rate_budget() {
         "the app token was limited with the admin token: {:?}",
         reply.body
     );
+}
+
+#[tokio::test]
+async fn task_list_shows_only_own_tasks() {
+    let hookd = Hookd::start().await;
+    let receiver = Receiver::always(Answer::ok());
+    let mut tasks = Vec::new();
+    let mut tokens = Vec::new();
+    for uid in ["tenant-a", "tenant-b"] {
+        let tenant = create_tenant(&hookd, uid, &receiver).await;
+        let reply = hookd
+            .post(
+                &format!(
+                    "/api/v1/app/{}/endpoint/{}/replay-missing",
+                    tenant.app_id, tenant.endpoint
+                ),
+                &json!({"since": "2000-01-01T00:00:00Z"}),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{:?}", reply.body);
+        tasks.push(common::id_of(&reply.body));
+        let reply = hookd
+            .post(
+                &format!("/api/v1/auth/app-portal-access/{}", tenant.app_id),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let token = reply.body["token"].as_str().expect("a token").to_owned();
+        tokens.push(hookd.api.with_token(&token));
+    }
+
+    let own = tokens[0]
+        .get(&format!("/api/v1/background-task/{}", tasks[0]))
+        .await;
+    assert_eq!(own.status, 200, "{:?}", own.body);
+    let other = tokens[0]
+        .get(&format!("/api/v1/background-task/{}", tasks[1]))
+        .await;
+    assert_eq!(other.status, 404, "{:?}", other.body);
+    let listed = tokens[0].get("/api/v1/background-task").await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    let ids: Vec<String> = listed.body["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(common::id_of)
+        .collect();
+    assert_eq!(ids, vec![tasks[0].clone()]);
+    let admin = hookd.get("/api/v1/background-task").await;
+    assert_eq!(admin.body["data"].as_array().map(Vec::len), Some(2));
 }

@@ -184,6 +184,8 @@ async fn authenticate(
 /// - every route under `/api/v1/app/{app_id}/`, and `GET /api/v1/app/{app_id}`,
 ///   where `{app_id}` (an id or a uid) names the token's own application;
 /// - `GET /api/v1/event-type` and `GET /api/v1/event-type/{name}`;
+/// - `GET /api/v1/background-task` and `GET /api/v1/background-task/{task_id}`,
+///   whose handlers show only the token's own application's tasks;
 /// - `POST /api/v1/auth/logout`.
 ///
 /// Any other route, including one added later, is for the admin token only.
@@ -204,6 +206,8 @@ async fn check_scope(
     let allowed = match route {
         "/api/v1/auth/logout" => return Ok(()),
         "/api/v1/event-type" | "/api/v1/event-type/{name}" | "/api/v1/app/{app_id}" => is_read,
+        // The handlers show an application token only its own tasks.
+        "/api/v1/background-task" | "/api/v1/background-task/{task_id}" => is_read,
         _ => in_app,
     };
     if !allowed {

@@ -1,5 +1,5 @@
-//! `/api/v1/app/{app_id}/endpoint`: endpoints, their secrets and headers,
-//! statistics, and recovery of failed messages.
+//! `/api/v1/app/{app_id}/endpoint`: endpoints, their secrets, headers and
+//! statistics. Recover and replay are in [`super::recovery`].
 
 use std::collections::BTreeMap;
 
@@ -11,12 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::applications::{double_option, load as load_app};
 use super::error::{ApiError, ApiResult};
-use super::extract::{deserialize_optional_time, deserialize_time, JsonBody, Path, QueryParams};
+use super::extract::{JsonBody, Path, QueryParams};
 use super::{rfc3339, validate, AppState, ListResponse};
 use crate::model::{ids, now_ms, secret, Endpoint, Millis, PreviousSecret};
 use crate::store::deliveries;
 use crate::store::endpoints as store;
-use crate::store::messages::NewDelivery;
 
 /// Grace period of a rotated-out secret when the request names none.
 const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 24 * 3600;
@@ -42,10 +41,6 @@ pub fn routes() -> Router<AppState> {
             get(get_headers).put(set_headers).patch(patch_headers),
         )
         .route("/app/{app_id}/endpoint/{endpoint_id}/stats", get(stats))
-        .route(
-            "/app/{app_id}/endpoint/{endpoint_id}/recover",
-            post(recover),
-        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -563,65 +558,4 @@ async fn stats(
         fail: stats.fail,
         canceled: stats.canceled,
     }))
-}
-
-#[derive(Debug, Deserialize)]
-struct RecoverIn {
-    #[serde(deserialize_with = "deserialize_time")]
-    since: Millis,
-    #[serde(default, deserialize_with = "deserialize_optional_time")]
-    until: Option<Millis>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RecoverOut {
-    id: String,
-    status: &'static str,
-    task: &'static str,
-    updated_at: String,
-    data: serde_json::Value,
-}
-
-/// Re-delivers every message created in `[since, until)` whose delivery to
-/// this endpoint failed. Deliveries that are still pending keep their own
-/// retries and are not sent again.
-async fn recover(
-    State(state): State<AppState>,
-    Path((app_id, endpoint_id)): Path<(String, String)>,
-    JsonBody(input): JsonBody<RecoverIn>,
-) -> ApiResult<(StatusCode, Json<RecoverOut>)> {
-    let endpoint = load(&state, &app_id, &endpoint_id).await?;
-    if let Some(until) = input.until {
-        if until <= input.since {
-            return Err(ApiError::field("until", "must be later than since"));
-        }
-    }
-    let now = now_ms();
-    let id = endpoint.id.clone();
-    let created = state
-        .store
-        .write(move |conn| deliveries::recover_failed(conn, &id, input.since, input.until, now))
-        .await?;
-    let count = created.len();
-    state.engine.enqueue(
-        created
-            .into_iter()
-            .map(|delivery_id| NewDelivery {
-                delivery_id,
-                endpoint_id: endpoint.id.clone(),
-            })
-            .collect(),
-    );
-    tracing::info!(app_id = %endpoint.app_id, endpoint_id = %endpoint.id, messages = count, "recover started");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(RecoverOut {
-            id: ids::new_id(ids::TASK),
-            status: "finished",
-            task: "endpoint.recover",
-            updated_at: rfc3339(now),
-            data: serde_json::json!({ "messagesSent": count }),
-        }),
-    ))
 }

@@ -63,14 +63,18 @@ pub struct MessageOut {
 }
 
 impl MessageOut {
-    /// Builds the response body; the payload is the stored bytes, unchanged,
-    /// or `{}` when it was expunged or not requested.
+    /// Builds the response body. The payload is the stored bytes, unchanged,
+    /// or `{}` when it was not requested. An expunged payload reads
+    /// `{"expired":true}`, as in the Svix API.
     pub fn new(message: Message, with_content: bool) -> Self {
-        let payload = message
-            .payload
-            .filter(|_| with_content)
-            .and_then(|p| RawValue::from_string(p).ok())
-            .unwrap_or_else(empty_object);
+        let payload = if with_content {
+            message
+                .payload
+                .and_then(|p| RawValue::from_string(p).ok())
+                .unwrap_or_else(expired_object)
+        } else {
+            empty_object()
+        };
         Self {
             id: message.id,
             event_type: message.event_type,
@@ -85,6 +89,10 @@ impl MessageOut {
 
 fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).expect("{} is valid JSON")
+}
+
+fn expired_object() -> Box<RawValue> {
+    RawValue::from_string(r#"{"expired":true}"#.to_owned()).expect("the marker is valid JSON")
 }
 
 /// Parses the body of a message, keeping the payload's exact bytes.
@@ -361,11 +369,7 @@ async fn list_destinations(
 /// Returns the status shown for a delivery: pending before its first attempt,
 /// sending while retries remain, then its final status.
 pub fn shown_status(status: DeliveryStatus, attempts: u32) -> DeliveryStatus {
-    if status == DeliveryStatus::Pending && attempts > 0 {
-        DeliveryStatus::Sending
-    } else {
-        status
-    }
+    status.shown(attempts)
 }
 
 /// Formats an optional time for the API.

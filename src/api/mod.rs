@@ -4,6 +4,7 @@
 //! - [`applications`], [`event_types`], [`endpoints`], [`messages`], [`attempts`]: one router per resource.
 //! - [`poller`]: the message feed of an endpoint for receivers that poll.
 //! - [`examples`]: sending an event type's example message to one endpoint.
+//! - [`recovery`]: recover, replay-missing and bulk replay tasks, and their progress.
 //! - [`tokens`]: issuing, logging out and expiring application tokens.
 //! - [`auth`]: the bearer-token check and the scope of application tokens.
 //! - [`rate_limit`]: the limit of requests per second for each token.
@@ -22,6 +23,7 @@ pub mod extract;
 pub mod messages;
 pub mod poller;
 pub mod rate_limit;
+pub mod recovery;
 pub mod sources;
 pub mod tokens;
 pub mod validate;
@@ -58,6 +60,8 @@ pub struct AppState {
     pub api_rate_limiter: Option<Arc<rate_limit::ApiRateLimiter>>,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
+    /// The runner of recover and replay tasks, woken when one is created.
+    pub recovery: crate::recovery::Recovery,
 }
 
 /// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.
@@ -73,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(poller::routes())
         .merge(examples::routes())
         .merge(tokens::routes())
+        .merge(recovery::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

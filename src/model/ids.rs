@@ -33,6 +33,24 @@ pub const ATTEMPT: &str = "atmpt";
 pub const TASK: &str = "qtask";
 pub const DEAD_LETTER: &str = "dlr";
 
+/// Returns the smallest id with this prefix whose time part is `ms`, so
+/// `id >= first_at(prefix, ms)` selects ids made at or after that millisecond.
+pub fn first_at(prefix: &str, ms: i64) -> String {
+    format!("{prefix}_{}", Ulid::from_parts(ulid_time(ms), 0))
+}
+
+/// Returns the largest id with this prefix whose time part is `ms`, so
+/// `id <= last_at(prefix, ms)` selects ids made at or before that millisecond.
+pub fn last_at(prefix: &str, ms: i64) -> String {
+    format!("{prefix}_{}", Ulid::from_parts(ulid_time(ms), u128::MAX))
+}
+
+/// Clamps a time to the 48 bits a ULID holds (until the year 10889), so a
+/// time far out of range gives the first or last id rather than a wrapped one.
+fn ulid_time(ms: i64) -> u64 {
+    ms.clamp(0, (1 << 48) - 1) as u64
+}
+
 /// Returns true when `value` looks like an id with the given prefix, so that a
 /// path segment can be distinguished from a caller-chosen uid.
 pub fn has_prefix(value: &str, prefix: &str) -> bool {
@@ -59,6 +77,26 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);
+    }
+
+    #[test]
+    fn time_bounds_enclose_ids_of_that_millisecond() {
+        let id = new_id(MESSAGE);
+        let ms = Ulid::from_string(&id[MESSAGE.len() + 1..])
+            .expect("a generated id holds a ULID")
+            .timestamp_ms() as i64;
+        assert!(first_at(MESSAGE, ms) <= id, "{id} before its first bound");
+        assert!(id <= last_at(MESSAGE, ms), "{id} after its last bound");
+        assert!(
+            last_at(MESSAGE, ms - 1) < id,
+            "{id} within the previous millisecond"
+        );
+        assert!(
+            id < first_at(MESSAGE, ms + 1),
+            "{id} within the next millisecond"
+        );
+        assert!(id < first_at(MESSAGE, i64::MAX), "{id} after the last time");
+        assert!(last_at(MESSAGE, -5) < id, "{id} before the first time");
     }
 
     #[test]

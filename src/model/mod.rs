@@ -5,8 +5,11 @@
 
 pub mod ids;
 pub mod secret;
+pub mod task;
 
 use std::collections::BTreeMap;
+
+pub use task::{Task, TaskFilter, TaskKind, TaskStatus};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -140,6 +143,17 @@ impl DeliveryStatus {
         })
     }
 
+    /// Returns the status the API shows for a delivery in this status after
+    /// `attempts` attempts: pending before its first attempt, sending while
+    /// retries remain, then its final status.
+    pub fn shown(self, attempts: u32) -> Self {
+        if self == Self::Pending && attempts > 0 {
+            Self::Sending
+        } else {
+            self
+        }
+    }
+
     pub fn text(self) -> &'static str {
         match self {
             Self::Success => "success",
@@ -151,7 +165,8 @@ impl DeliveryStatus {
     }
 }
 
-/// The origin of an attempt: the automatic schedule or an operator's resend or recover.
+/// The origin of an attempt: the automatic schedule, or an operator's resend,
+/// recover or replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Scheduled = 0,

@@ -90,10 +90,11 @@ pub fn list(conn: &Connection, page: &PageRequest) -> Result<Vec<Application>> {
 }
 
 /// Deletes an application with its endpoints, messages, deliveries,
-/// attempts and application tokens.
+/// attempts, application tokens and recover or replay tasks.
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
     super::endpoints::clear_writer_caches();
     for table in [
+        "tasks",
         "attempts",
         "deliveries",
         "messages",

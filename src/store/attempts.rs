@@ -111,7 +111,11 @@ pub fn list(
     rows.map(|row| finish(row?)).collect()
 }
 
-/// Removes the stored response body of an attempt.
+/// Replaces the stored response body of an attempt with
+/// [`EXPUNGED_RESPONSE`](super::retention::EXPUNGED_RESPONSE), as the Svix API does.
 pub fn expunge_response(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn.execute("UPDATE attempts SET response = '' WHERE id = ?1", [id])? > 0)
+    Ok(conn.execute(
+        "UPDATE attempts SET response = ?2 WHERE id = ?1",
+        [id, super::retention::EXPUNGED_RESPONSE],
+    )? > 0)
 }

@@ -247,6 +247,23 @@ pub fn due_for_endpoint(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Counts an endpoint's pending deliveries that are due by `now`, counting
+/// no further than `cap`.
+pub fn count_due_for_endpoint(
+    conn: &Connection,
+    endpoint_id: &str,
+    now: Millis,
+    cap: usize,
+) -> Result<usize> {
+    let count: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+             WHERE endpoint_id = ?1 AND status = 1 AND next_attempt_at <= ?2 LIMIT ?3)",
+        )?
+        .query_row(params![endpoint_id, now, cap as i64], |row| row.get(0))?;
+    Ok(count as usize)
+}
+
 /// A retry that becomes due, for the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueRetry {
@@ -303,36 +320,6 @@ pub fn create_manual(
     now: Millis,
 ) -> Result<i64> {
     insert(conn, msg_id, endpoint_id, app_id, Trigger::Manual, now)
-}
-
-/// Creates a manual delivery for every message of the endpoint, created in
-/// `[since, until)`, whose newest delivery to it failed. Pending deliveries
-/// and their retries are left alone, and each message is recovered once.
-/// Returns the new deliveries in message creation order.
-pub fn recover_failed(
-    conn: &Connection,
-    endpoint_id: &str,
-    since: Millis,
-    until: Option<Millis>,
-    now: Millis,
-) -> Result<Vec<i64>> {
-    let mut statement = conn.prepare(
-        "SELECT d.msg_id, d.app_id FROM deliveries d JOIN messages m ON m.id = d.msg_id
-         WHERE d.endpoint_id = ?1 AND m.created_at >= ?2 AND m.created_at < ?3
-           AND d.id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
-           AND d.status = 2
-         ORDER BY m.id",
-    )?;
-    let failed: Vec<(String, String)> = statement
-        .query_map(
-            params![endpoint_id, since, until.unwrap_or(i64::MAX)],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?
-        .collect::<rusqlite::Result<_>>()?;
-    failed
-        .iter()
-        .map(|(msg_id, app_id)| create_manual(conn, msg_id, endpoint_id, app_id, now))
-        .collect()
 }
 
 /// Counts of an endpoint's messages by the status of their newest delivery.

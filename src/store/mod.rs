@@ -23,8 +23,10 @@ pub mod event_types;
 pub mod messages;
 pub mod operational;
 pub mod poller;
+pub mod retention;
 mod schema;
 pub mod settings;
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;

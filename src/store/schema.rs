@@ -150,6 +150,29 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX app_tokens_by_app ON app_tokens (app_id);
     "#,
+    // 6: recover and replay tasks. `cursor` is the id of the last message a
+    // task considered; it advances in the same transaction as the deliveries
+    // the task creates, so a restart resumes after it.
+    r#"
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL,
+        filter TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        until INTEGER NOT NULL,
+        cursor TEXT,
+        messages_scanned INTEGER NOT NULL,
+        messages_sent INTEGER NOT NULL,
+        messages_expunged INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX tasks_running ON tasks (id) WHERE status = 'running';
+    "#,
 ];
 
 /// Applies every migration the database has not seen yet.

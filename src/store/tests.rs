@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::model::{ids, Attempt, DeliveryStatus, Endpoint, Message, Trigger};
+use crate::model::{
+    ids, now_ms, Attempt, DeliveryStatus, Endpoint, Message, Task, TaskKind, TaskStatus, Trigger,
+};
 
 fn endpoint(app_id: &str, event_types: Option<Vec<&str>>) -> Endpoint {
     Endpoint {
@@ -183,80 +185,314 @@ async fn writes_survive_reopen() {
     assert_eq!(found.payload.as_deref(), Some(r#"{"a":"\u2028"}"#));
 }
 
-#[tokio::test]
-async fn recover_takes_only_failed_messages_once() {
+/// Opens a store in a temporary folder with one endpoint of app_1 that
+/// takes every message, and returns the folder, the store and the endpoint.
+async fn store_with_endpoint() -> (tempfile::TempDir, Store, Endpoint) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let ep = endpoint("app_1", None);
-    let ep_id = ep.id.clone();
+    let saved = ep.clone();
     store
-        .write(move |conn| endpoints::save(conn, &ep, false))
+        .write(move |conn| endpoints::save(conn, &saved, false))
         .await
         .unwrap();
+    (dir, store, ep)
+}
 
-    // Three messages: the first fails for good, the second has a retry pending,
-    // the third failed before `since`.
-    let mut delivery_ids = Vec::new();
-    let mut msg_ids = Vec::new();
-    for created_at in [100, 200, 10] {
+fn task(kind: TaskKind, endpoint: &Endpoint, since: i64, until: i64) -> Task {
+    Task::new(kind, endpoint, Default::default(), since, until, until)
+}
+
+/// Returns the message ids of deliveries, in their order.
+async fn messages_of(store: &Store, created: Vec<messages::NewDelivery>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for delivery in created {
+        let id = delivery.delivery_id;
+        let found = store
+            .read(move |conn| deliveries::get(conn, id))
+            .await
+            .unwrap()
+            .unwrap();
+        ids.push(found.msg_id);
+    }
+    ids
+}
+
+/// Stores a task, or returns the stored one's current state.
+async fn save_task(store: &Store, task: Task) -> Task {
+    let id = task.id.clone();
+    store
+        .write(move |conn| tasks::insert(conn, &task))
+        .await
+        .unwrap();
+    store
+        .read(move |conn| tasks::get(conn, &id))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs one step of a task: a scan of up to `limit` messages, then its page.
+async fn step(store: &Store, task_id: &str, limit: usize) -> (tasks::Scan, tasks::PageOutcome) {
+    let id = task_id.to_owned();
+    let task = store
+        .read(move |conn| tasks::get(conn, &id))
+        .await
+        .unwrap()
+        .unwrap();
+    let endpoint_id = task.endpoint_id.clone();
+    let scan = store
+        .read(move |conn| {
+            let endpoint = endpoints::get_by_id(conn, &endpoint_id)?.expect("the endpoint exists");
+            tasks::scan(conn, &task, &endpoint, limit)
+        })
+        .await
+        .unwrap();
+    let (id, applied) = (task_id.to_owned(), scan.clone());
+    let outcome = store
+        .write(move |conn| tasks::apply_page(conn, &id, &applied, now_ms()))
+        .await
+        .unwrap();
+    (scan, outcome)
+}
+
+/// Stores messages of type "a" for app_1, created at `base` plus each
+/// offset, and returns (message id, delivery id or 0 when none).
+async fn send(store: &Store, base: i64, offsets: &[i64]) -> Vec<(String, i64)> {
+    let mut sent = Vec::new();
+    for offset in offsets {
+        let created_at = base + offset;
         let created = store
             .write(move |conn| messages::create(conn, message("app_1", "a", None, created_at)))
             .await
             .unwrap();
-        delivery_ids.push(created.deliveries[0].delivery_id);
-        msg_ids.push(created.message.id);
+        let delivery = created.deliveries.first().map_or(0, |d| d.delivery_id);
+        sent.push((created.message.id, delivery));
     }
-    for (index, next) in [
-        (0, deliveries::NextStep::GaveUp),
-        (1, deliveries::NextStep::RetryAt(1_000)),
-        (2, deliveries::NextStep::GaveUp),
-    ] {
-        let attempt = failed_attempt(delivery_ids[index], &msg_ids[index], &ep_id, "app_1");
-        store
-            .write(move |conn| {
-                deliveries::record_attempt(
-                    conn,
-                    &attempt,
-                    next,
-                    20,
-                    &deliveries::RecordRules::default(),
-                )
-            })
-            .await
-            .unwrap();
-    }
+    sent
+}
 
-    let id = ep_id.clone();
-    let recovered = store
-        .write(move |conn| deliveries::recover_failed(conn, &id, 50, None, 300))
+async fn record(
+    store: &Store,
+    delivery_id: i64,
+    msg_id: &str,
+    endpoint_id: &str,
+    next: deliveries::NextStep,
+) {
+    let attempt = failed_attempt(delivery_id, msg_id, endpoint_id, "app_1");
+    store
+        .write(move |conn| {
+            deliveries::record_attempt(
+                conn,
+                &attempt,
+                next,
+                20,
+                &deliveries::RecordRules::default(),
+            )
+        })
         .await
         .unwrap();
-    assert_eq!(recovered.len(), 1);
+}
+
+#[tokio::test]
+async fn recover_takes_only_failed_messages_once() {
+    let (_dir, store, ep) = store_with_endpoint().await;
+    let ep_id = ep.id.clone();
+
+    // Three messages: the first fails for good, the second has a retry pending,
+    // the third failed before `since`.
+    let base = now_ms();
+    let sent = send(&store, base, &[100, 200, -10_000]).await;
+    record(
+        &store,
+        sent[0].1,
+        &sent[0].0,
+        &ep_id,
+        deliveries::NextStep::GaveUp,
+    )
+    .await;
+    record(
+        &store,
+        sent[1].1,
+        &sent[1].0,
+        &ep_id,
+        deliveries::NextStep::RetryAt(base + 5_000),
+    )
+    .await;
+    record(
+        &store,
+        sent[2].1,
+        &sent[2].0,
+        &ep_id,
+        deliveries::NextStep::GaveUp,
+    )
+    .await;
+
+    let recover = save_task(
+        &store,
+        task(TaskKind::Recover, &ep, base + 50, base + 1_000),
+    )
+    .await;
+    let (_, outcome) = step(&store, &recover.id, 500).await;
+    assert_eq!(outcome.deliveries.len(), 1, "{:?}", outcome.deliveries);
+    let created = outcome.deliveries[0].delivery_id;
     let delivery = store
-        .read(move |conn| deliveries::get(conn, recovered[0]))
+        .read(move |conn| deliveries::get(conn, created))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(delivery.msg_id, msg_ids[0]);
+    assert_eq!(delivery.msg_id, sent[0].0);
     assert_eq!(delivery.trigger, Trigger::Manual);
     assert_eq!(delivery.status, DeliveryStatus::Pending);
+    let after = outcome.task.unwrap();
+    assert_eq!(after.status, TaskStatus::Finished);
+    assert_eq!(after.messages_scanned, 2, "messages in the window");
+    assert_eq!(after.messages_sent, 1);
 
     // The pending retry is untouched.
-    let pending = delivery_ids[1];
+    let pending = sent[1].1;
     let retry = store
         .read(move |conn| deliveries::get(conn, pending))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(retry.next_attempt_at, Some(1_000));
+    assert_eq!(retry.next_attempt_at, Some(base + 5_000));
 
     // A second recover finds the first message pending again, so adds nothing.
-    let id = ep_id.clone();
-    let again = store
-        .write(move |conn| deliveries::recover_failed(conn, &id, 50, None, 301))
+    let again = save_task(
+        &store,
+        task(TaskKind::Recover, &ep, base + 50, base + 1_000),
+    )
+    .await;
+    let (_, outcome) = step(&store, &again.id, 500).await;
+    assert!(outcome.deliveries.is_empty(), "{:?}", outcome.deliveries);
+}
+
+#[tokio::test]
+async fn replayed_page_is_applied_once() {
+    let (_dir, store, ep) = store_with_endpoint().await;
+    let ep_id = ep.id.clone();
+    let base = now_ms();
+    for (msg, delivery) in send(&store, base, &[1, 2, 3]).await {
+        record(
+            &store,
+            delivery,
+            &msg,
+            &ep_id,
+            deliveries::NextStep::Succeeded,
+        )
+        .await;
+    }
+
+    let replay = save_task(&store, task(TaskKind::BulkReplay, &ep, base, base + 1_000)).await;
+    let (scan, outcome) = step(&store, &replay.id, 2).await;
+    assert_eq!(outcome.deliveries.len(), 2);
+    assert!(!scan.done, "two of three messages looked at");
+
+    // Applying the same scan again, as a step retried after a lost reply
+    // would, finds the cursor moved and creates nothing.
+    let id = replay.id.clone();
+    let repeated = store
+        .write(move |conn| tasks::apply_page(conn, &id, &scan, now_ms()))
         .await
         .unwrap();
-    assert!(again.is_empty(), "{again:?}");
+    assert!(repeated.deliveries.is_empty(), "{:?}", repeated.deliveries);
+    assert_eq!(repeated.task.unwrap().messages_sent, 2);
+
+    let (_, outcome) = step(&store, &replay.id, 2).await;
+    assert_eq!(outcome.deliveries.len(), 1);
+    let finished = outcome.task.unwrap();
+    assert_eq!(finished.status, TaskStatus::Finished);
+    assert_eq!(finished.messages_sent, 3);
+}
+
+#[tokio::test]
+async fn task_resumes_from_cursor_after_reopen() {
+    let (dir, store, ep) = store_with_endpoint().await;
+    let ep_id = ep.id.clone();
+    let base = now_ms();
+    let sent = send(&store, base, &[1, 2, 3, 4, 5]).await;
+    for (msg, delivery) in &sent {
+        record(
+            &store,
+            *delivery,
+            msg,
+            &ep_id,
+            deliveries::NextStep::Succeeded,
+        )
+        .await;
+    }
+
+    let replay = save_task(&store, task(TaskKind::BulkReplay, &ep, base, base + 1_000)).await;
+    let (_, first) = step(&store, &replay.id, 2).await;
+    store.close();
+
+    let store = Store::open(dir.path()).unwrap();
+    let mut created = first.deliveries;
+    loop {
+        let (_, outcome) = step(&store, &replay.id, 2).await;
+        created.extend(outcome.deliveries);
+        if outcome.task.unwrap().status != TaskStatus::Running {
+            break;
+        }
+    }
+    let replayed = messages_of(&store, created).await;
+    let expected: Vec<String> = sent.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(replayed, expected, "replayed messages, in creation order");
+}
+
+#[tokio::test]
+async fn replay_missing_takes_never_attempted() {
+    let (_dir, store, ep) = store_with_endpoint().await;
+    let ep_id = ep.id.clone();
+    let base = now_ms();
+    // Attempted and failed, pending without an attempt, then canceled
+    // before its first attempt.
+    let sent = send(&store, base, &[1, 2, 3]).await;
+    record(
+        &store,
+        sent[0].1,
+        &sent[0].0,
+        &ep_id,
+        deliveries::NextStep::GaveUp,
+    )
+    .await;
+    let canceled = sent[2].1;
+    store
+        .write(move |conn| deliveries::cancel(conn, canceled, 30))
+        .await
+        .unwrap();
+    // Then the endpoint is disabled, and a message gets no delivery.
+    let id = ep_id.clone();
+    store
+        .write(move |conn| endpoints::disable(conn, &id, 40))
+        .await
+        .unwrap();
+    let missing = send(&store, base, &[4]).await;
+    assert_eq!(missing[0].1, 0, "a disabled endpoint gets no delivery");
+    let id = ep_id.clone();
+    store
+        .write(move |conn| {
+            let mut enabled = endpoints::get_by_id(conn, &id)?.expect("the endpoint exists");
+            enabled.disabled = false;
+            endpoints::save(conn, &enabled, true)
+        })
+        .await
+        .unwrap();
+
+    let replay = save_task(
+        &store,
+        task(TaskKind::ReplayMissing, &ep, base, base + 1_000),
+    )
+    .await;
+    let (_, outcome) = step(&store, &replay.id, 500).await;
+    let replayed = messages_of(&store, outcome.deliveries).await;
+    // The pending one was canceled by the disable too, before any attempt.
+    assert_eq!(
+        replayed,
+        vec![sent[1].0.clone(), sent[2].0.clone(), missing[0].0.clone()],
+        "messages never attempted at the endpoint"
+    );
 }
 
 #[tokio::test]
@@ -451,6 +687,90 @@ async fn success_resets_the_failure_clock() {
         .unwrap()
         .disabled;
     assert!(!disabled);
+}
+
+#[tokio::test]
+async fn retention_expunges_rows_made_before_cutoff() {
+    let (_dir, store, ep) = store_with_endpoint().await;
+    let ep_id = ep.id.clone();
+    let old = send(&store, now_ms(), &[0, 0]).await;
+    for (index, (msg, delivery)) in old.iter().enumerate() {
+        let mut attempt = failed_attempt(*delivery, msg, &ep_id, "app_1");
+        // An empty body has nothing to expunge and stays empty.
+        attempt.response = if index == 0 {
+            "secret".to_owned()
+        } else {
+            String::new()
+        };
+        store
+            .write(move |conn| attempts::insert(conn, &attempt))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cutoff = now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let young = send(&store, now_ms(), &[0]).await;
+
+    // One row per batch: a batch that looks at fewer rows than its limit
+    // is the last.
+    let mut batches = Vec::new();
+    loop {
+        let batch = store
+            .write(move |conn| retention::expunge_messages(conn, cutoff, 1))
+            .await
+            .unwrap();
+        batches.push((batch.examined, batch.expunged));
+        if batch.examined < 1 {
+            break;
+        }
+    }
+    assert_eq!(batches, vec![(1, 1), (1, 1), (0, 0)]);
+    let attempts_batch = store
+        .write(move |conn| retention::expunge_attempts(conn, cutoff, 10))
+        .await
+        .unwrap();
+    assert_eq!(attempts_batch.examined, 2);
+    assert_eq!(attempts_batch.expunged, 1);
+
+    for (msg, _) in &old {
+        let id = msg.clone();
+        let found = store
+            .read(move |conn| messages::get(conn, "app_1", &id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            found.payload, None,
+            "payload of {msg}, made before the cutoff"
+        );
+    }
+    let id = young[0].0.clone();
+    let kept = store
+        .read(move |conn| messages::get(conn, "app_1", &id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        kept.payload.is_some(),
+        "a message made after the cutoff keeps its payload"
+    );
+    let responses: Vec<String> = store
+        .read(move |conn| {
+            let mut statement = conn.prepare("SELECT response FROM attempts ORDER BY id")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(responses, vec!["EXPUNGED".to_owned(), String::new()]);
+
+    // The watermark keeps a later run from reading the same rows again.
+    let again = store
+        .write(move |conn| retention::expunge_messages(conn, cutoff, 10))
+        .await
+        .unwrap();
+    assert_eq!(again, retention::Batch::default());
 }
 
 #[tokio::test]

@@ -23,7 +23,11 @@ from svix.api import (
     ApplicationOut,
     ApplicationPatch,
     ApplicationTokenExpireIn,
+    BackgroundTaskListOptions,
+    BackgroundTaskOut,
+    BackgroundTaskStatus,
     BackgroundTaskType,
+    BulkReplayIn,
     EndpointHeadersIn,
     EndpointHeadersPatchIn,
     EndpointIn,
@@ -47,6 +51,7 @@ from svix.api import (
     MessageStatus,
     MessageStatusText,
     RecoverIn,
+    ReplayIn,
     Svix,
 )
 from svix.exceptions import HttpError, HTTPValidationError
@@ -1130,6 +1135,80 @@ def test_recover_redelivers_failed_messages(hookd: HookdPool, receiver: Receiver
     assert delivered_ids == [delivered.id, failed.id, failed.id, failed.id]
     assert_verifies(secret, hook.requests[-1])
     assert sorted(attempt.response_status_code for attempt in attempts) == [200, 500, 500]
+
+
+def wait_for_task(svix: Svix, task_id: str) -> BackgroundTaskOut:
+    return poll(
+        lambda: svix.background_task.get(task_id),
+        lambda task: task.status != BackgroundTaskStatus.RUNNING,
+        ATTEMPT_TIMEOUT_SECONDS,
+        f"background task {task_id} to end",
+    )
+
+
+def test_replay_missing_recover_and_bulk_replay(hookd: HookdPool, receiver: ReceiverPool) -> None:
+    svix = hookd(env={"HOOKD_RETRY_SCHEDULE": "1s"}).client()
+    app = create_app(svix)
+    hook = receiver("replay")
+    endpoint_id, secret = create_endpoint(svix, app.id, hook)
+    since = datetime.now(timezone.utc) - timedelta(minutes=1)
+
+    svix.endpoint.patch(app.id, endpoint_id, EndpointPatch(disabled=True))
+    missed = send(svix, app.id, {"n": 1})
+    svix.endpoint.patch(app.id, endpoint_id, EndpointPatch(disabled=False))
+    replay = svix.endpoint.replay_missing(app.id, endpoint_id, ReplayIn(since=since))
+    (replayed,) = hook.wait_for_requests(1)
+    replay_done = wait_for_task(svix, replay.id)
+
+    hook.respond_with(default=Respond(500))
+    failed = send(svix, app.id, {"n": 2})
+    wait_for_message_status(svix, app.id, failed.id, MessageStatus.FAIL)
+    hook.respond_with(default=Respond(200))
+    recovery = svix.endpoint.recover(app.id, endpoint_id, RecoverIn(since=since))
+    recovered = hook.wait_for_requests(4)[-1]
+    recovery_done = wait_for_task(svix, recovery.id)
+
+    wait_for_message_status(svix, app.id, failed.id, MessageStatus.SUCCESS)
+    bulk = svix.endpoint.bulk_replay(
+        app.id, endpoint_id, BulkReplayIn(since=since, event_types=["test.event"])
+    )
+    bulk_requests = hook.wait_for_requests(6)[4:]
+    bulk_done = wait_for_task(svix, bulk.id)
+    recover_tasks = svix.background_task.list(
+        BackgroundTaskListOptions(task=BackgroundTaskType.ENDPOINT_RECOVER)
+    ).data
+
+    assert replay.task == BackgroundTaskType.ENDPOINT_REPLAY
+    assert replay.status == BackgroundTaskStatus.RUNNING
+    assert replay_done.status == BackgroundTaskStatus.FINISHED
+    assert replay_done.data["messagesSent"] == 1
+    assert replayed.webhook_id == missed.id
+    assert_verifies(secret, replayed)
+    assert recovery.task == BackgroundTaskType.ENDPOINT_RECOVER
+    assert recovery_done.data["messagesSent"] == 1
+    assert recovered.webhook_id == failed.id
+    assert_verifies(secret, recovered)
+    assert bulk.task == BackgroundTaskType.ENDPOINT_BULK_REPLAY
+    assert bulk_done.data["messagesSent"] == 2
+    assert sorted(request.webhook_id for request in bulk_requests) == sorted([missed.id, failed.id])
+    assert [task.id for task in recover_tasks] == [recovery.id]
+
+
+def test_expunged_content_reads_expired(svix: Svix, receiver: ReceiverPool) -> None:
+    app = create_app(svix)
+    hook = receiver("expunge", default=Respond(200, body=b"account 42"))
+    create_endpoint(svix, app.id, hook)
+
+    message = send(svix, app.id, {"card": "4111"})
+    [attempt] = wait_for_attempts(svix, app.id, message.id, 1)
+    svix.message.expunge_content(app.id, message.id)
+    svix.message_attempt.expunge_content(app.id, message.id, attempt.id)
+    fetched = svix.message.get(app.id, message.id, MessageGetOptions(with_content=True))
+    fetched_attempt = svix.message_attempt.get(app.id, message.id, attempt.id)
+
+    assert attempt.response == "account 42"
+    assert fetched.payload == {"expired": True}
+    assert fetched_attempt.response == "EXPUNGED"
 
 
 def test_pending_retry_survives_restart(hookd: HookdPool, receiver: ReceiverPool) -> None:
