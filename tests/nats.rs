@@ -256,3 +256,66 @@ async fn kill_mid_stream_loses_and_duplicates_nothing() {
     drop(second);
     stream.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_settings_update_the_consumer() {
+    let stream = NatsStream::create().await;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data_dir = dir.path().join("data");
+    let first = HookdProcess::spawn(
+        &Settings::new().file(&source_config(&stream, "")),
+        &data_dir,
+        "first.log",
+    )
+    .await;
+    eventually(WAIT, "the source runs", || async {
+        (source_status(&first, &stream).await["state"] == json!("running")).then_some(())
+    })
+    .await;
+    let exit = first.terminate().await;
+    assert!(exit.success(), "{exit}");
+    assert_eq!(
+        stream.consumer_settings("hookd").await,
+        (String::new(), 200, Duration::from_secs(2))
+    );
+
+    // The same durable consumer, with another batch size and ack wait.
+    let changed = source_config(&stream, "")
+        .replace("batch_size = 50", "batch_size = 10")
+        .replace("ack_wait = \"2s\"", "ack_wait = \"3s\"");
+    let second =
+        HookdProcess::spawn(&Settings::new().file(&changed), &data_dir, "second.log").await;
+    let app = second.create_app_for_event(EVENT, "acme").await;
+    let receiver = Receiver::always(Answer::ok());
+    second.create_endpoint(&app, &receiver.url()).await;
+    stream
+        .publish(&format!("acme.{EVENT}"), payload(1).as_bytes())
+        .await;
+    let received = receiver.wait_for_requests(1, WAIT).await;
+    assert_eq!(received[0].body, payload(1).into_bytes());
+    assert_eq!(
+        stream.consumer_settings("hookd").await,
+        (String::new(), 40, Duration::from_secs(3))
+    );
+    let exit = second.terminate().await;
+    assert!(exit.success(), "{exit}");
+
+    // A new filter is refused with a message naming both filters.
+    let filter = format!("{}.acme.>", stream.prefix);
+    let refiltered = source_config(&stream, &format!("filter_subject = \"{filter}\""));
+    let third =
+        HookdProcess::spawn(&Settings::new().file(&refiltered), &data_dir, "third.log").await;
+    let status = eventually(WAIT, "the source reports the filter", || async {
+        let status = source_status(&third, &stream).await;
+        (status["state"] == json!("retrying")).then_some(status)
+    })
+    .await;
+    let error = status["lastError"].as_str().expect("an error");
+    assert!(
+        error.contains("exists with filter_subject \"\" but the config asks for")
+            && error.contains(&filter),
+        "{error}"
+    );
+    drop(third);
+    stream.delete().await;
+}

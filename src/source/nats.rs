@@ -153,22 +153,39 @@ async fn connect(config: &NatsConfig, batch_size: usize) -> Result<Messages, Str
         .get_stream(&config.stream)
         .await
         .map_err(|err| format!("cannot open stream {:?}: {err}", config.stream))?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &config.consumer,
-            pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait()?,
-                filter_subject: config.filter_subject.clone().unwrap_or_default(),
-                // Bounds the messages handed out but not yet stored and acked:
-                // while the store lags, JetStream stops sending.
-                max_ack_pending: (batch_size * 4) as i64,
-                ..Default::default()
-            },
-        )
+    let wanted = pull::Config {
+        durable_name: Some(config.consumer.clone()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait()?,
+        filter_subject: config.filter_subject.clone().unwrap_or_default(),
+        // Bounds the messages handed out but not yet stored and acked:
+        // while the store lags, JetStream stops sending.
+        max_ack_pending: (batch_size * 4) as i64,
+        ..Default::default()
+    };
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(&config.consumer, wanted.clone())
         .await
         .map_err(|err| format!("cannot create consumer {:?}: {err}", config.consumer))?;
+    // A durable consumer keeps the settings it was created with, so a
+    // changed config is applied to it here instead of being ignored. A new
+    // filter is refused: the server accepted such an update in tests here,
+    // but the consumer then delivered nothing.
+    let current = &consumer.cached_info().config;
+    if current.filter_subject != wanted.filter_subject {
+        return Err(format!(
+            "consumer {:?} exists with filter_subject {:?} but the config asks for {:?}; \
+             delete the consumer (nats consumer rm) or set another consumer name",
+            config.consumer, current.filter_subject, wanted.filter_subject
+        ));
+    }
+    if current.ack_wait != wanted.ack_wait || current.max_ack_pending != wanted.max_ack_pending {
+        consumer = stream
+            .update_consumer(wanted)
+            .await
+            .map_err(|err| format!("cannot update consumer {:?} to the configured filter_subject, ack_wait and batch_size: {err}", config.consumer))?;
+        tracing::info!(consumer = %config.consumer, "updated the NATS consumer to the configured settings");
+    }
     consumer
         .stream()
         .max_messages_per_batch(batch_size)

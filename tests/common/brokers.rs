@@ -201,6 +201,25 @@ impl NatsStream {
         (info.num_pending, info.num_ack_pending)
     }
 
+    /// The filter subject, max ack pending and ack wait of a durable consumer.
+    pub async fn consumer_settings(&self, consumer: &str) -> (String, i64, Duration) {
+        let stream = self
+            .context
+            .get_stream(&self.name)
+            .await
+            .expect("the test stream exists");
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(consumer)
+            .await
+            .expect("the consumer exists");
+        let config = consumer.info().await.expect("consumer info").config.clone();
+        (
+            config.filter_subject,
+            config.max_ack_pending,
+            config.ack_wait,
+        )
+    }
+
     pub async fn delete(self) {
         let _ = self.context.delete_stream(&self.name).await;
     }
