@@ -220,6 +220,13 @@ async fn bad_records_dead_lettered_next_delivered() {
         (json!(6), json!(4))
     );
 
+    let unknown = hookd.get("/api/v1/source/evnets/dead-letter").await;
+    assert_eq!(unknown.status, 404, "a misspelled source: {:?}", unknown.body);
+    let garbage = hookd
+        .get("/api/v1/source/events/dead-letter?iterator=garbage")
+        .await;
+    assert_eq!(garbage.status, 422, "{:?}", garbage.body);
+
     // The same four records, with their reason, are on the dead-letter topic.
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &tansu.brokers)

@@ -160,6 +160,11 @@ async fn bad_message_dead_lettered_and_terminated() {
         ]
     );
     assert_eq!(
+        letters[1]["key"],
+        json!(format!("{}.nobody.{EVENT}", stream.prefix)),
+        "the subject is kept with a NATS dead letter"
+    );
+    assert_eq!(
         letters[2]["reason"],
         json!("the event type (subject from token 2) is missing")
     );

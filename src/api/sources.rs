@@ -105,10 +105,18 @@ async fn list_dead_letters(
     Path(name): Path<String>,
     query: QueryParams,
 ) -> ApiResult<Json<ListResponse<DeadLetterOut>>> {
+    // A typo in the name must not read as "no dead letters".
+    find(&state, &name)?;
     let page = query.page(false)?;
+    if let Some(iterator) = &page.iterator {
+        if !crate::model::ids::has_prefix(iterator, crate::model::ids::DEAD_LETTER) {
+            return Err(ApiError::query(
+                "iterator",
+                format!("must be the id of a dead letter from an earlier page, got {iterator:?}"),
+            ));
+        }
+    }
     let limit = page.limit;
-    // Dead letters outlive a source removed from the config, so a name with
-    // no running source still lists what it left.
     let rows = state
         .store
         .read_blocking(move |conn| dead_letters::list(conn, &name, &page))

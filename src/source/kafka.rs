@@ -45,6 +45,28 @@ pub struct KafkaConfig {
     pub mapping: Mapping,
 }
 
+/// Properties that only a consumer accepts; librdkafka warns when a
+/// producer is given them.
+const CONSUMER_ONLY_PREFIXES: &[&str] = &[
+    "queued.",
+    "fetch.",
+    "max.partition.fetch.bytes",
+    "auto.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "group.",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "statistics.interval.ms",
+];
+
+/// First and longest wait after a consumer error.
+const MIN_ERROR_DELAY: Duration = Duration::from_millis(500);
+const MAX_ERROR_DELAY: Duration = Duration::from_secs(10);
+
 /// How long shutdown waits for the final offset commit and group leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,16 +116,36 @@ impl KafkaConfig {
             .validate(&format!("{prefix}.mapping"), StreamKind::Kafka)
     }
 
+    /// Settings shared by the consumer and the dead-letter producer.
     fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
         config
-            .set("bootstrap.servers", &self.brokers)
+    }
+
+    /// The consumer's settings: hookd's defaults, then the operator's properties.
+    fn consumer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
             // Bound what librdkafka prefetches while the store is busy:
             // the consumer then stops fetching instead of buffering more.
             .set("queued.max.messages.kbytes", "16384")
+            // The lag in the source status comes from these statistics.
             .set("statistics.interval.ms", "5000");
         for (key, value) in &self.properties {
             config.set(key, value);
+        }
+        config
+    }
+
+    /// The dead-letter producer's settings: the operator's properties that
+    /// are not consumer-only, so security settings apply to both clients.
+    fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        for (key, value) in &self.properties {
+            if !CONSUMER_ONLY_PREFIXES.iter().any(|p| key.starts_with(p)) {
+                config.set(key, value);
+            }
         }
         config
     }
@@ -184,7 +226,7 @@ pub async fn run(
     };
     let producer = match &config.dead_letter_topic {
         None => None,
-        Some(_) => match config.client_config().create::<FutureProducer>() {
+        Some(_) => match config.producer_config().create::<FutureProducer>() {
             Ok(producer) => Some(producer),
             Err(err) => {
                 tracing::error!(source = %status.name, error = %err, "cannot create the dead-letter producer; dead letters go to the table only");
@@ -196,6 +238,9 @@ pub async fn run(
     tracing::info!(source = %status.name, topics = ?config.topics, "Kafka source started");
 
     let batch_size = config.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+    // Doubles with each consecutive consumer error, so a broker that stays
+    // down is not reported twice a second.
+    let mut error_delay = MIN_ERROR_DELAY;
     loop {
         let batch = tokio::select! {
             biased;
@@ -203,14 +248,18 @@ pub async fn run(
             batch = next_batch(&consumer, batch_size) => batch,
         };
         let raws = match batch {
-            Ok(raws) => raws,
+            Ok(raws) => {
+                error_delay = MIN_ERROR_DELAY;
+                raws
+            }
             Err(err) => {
-                tracing::warn!(source = %status.name, error = %err, "Kafka consumer error");
+                tracing::warn!(source = %status.name, error = %err, retry_in_ms = error_delay.as_millis() as u64, "Kafka consumer error");
                 metrics::counter!(crate::telemetry::metric::SOURCE_ERRORS, "source" => status.name.clone(), "kind" => "consume").increment(1);
                 status.set_error(format!("consumer error: {err}"));
-                if pause(&mut stop, Duration::from_millis(500)).await {
+                if pause(&mut stop, error_delay).await {
                     break;
                 }
+                error_delay = (error_delay * 2).min(MAX_ERROR_DELAY);
                 continue;
             }
         };
@@ -256,7 +305,7 @@ fn connect(
     config: &KafkaConfig,
     status: Arc<SourceStatus>,
 ) -> rdkafka::error::KafkaResult<KafkaConsumer> {
-    let mut client = config.client_config();
+    let mut client = config.consumer_config();
     client
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")

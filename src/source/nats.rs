@@ -237,9 +237,11 @@ fn to_item(mapping: &Mapping, message: &jetstream::Message, max_payload_bytes: u
         origin: &origin,
     };
     let mapped = mapping::map_record(mapping, &record, max_payload_bytes);
+    // NATS messages have no key; the subject takes its place in a dead
+    // letter, because subject mappings decide on it.
     Item {
         origin,
-        key: None,
+        key: Some(message.subject.as_str().as_bytes().to_vec()),
         value: message.payload.to_vec(),
         mapped,
     }
