@@ -32,6 +32,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::delivery::ssrf::NetworkPolicy;
 use crate::delivery::Engine;
 use crate::model::Millis;
@@ -56,6 +57,32 @@ pub struct AppState {
     pub api_rate_limiter: Option<Arc<rate_limit::ApiRateLimiter>>,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
+}
+
+impl AppState {
+    /// Builds the handlers' state from the validated settings and the parts
+    /// that [`crate::server::Server::run`] starts before the API.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        engine: Engine,
+        sources: crate::source::Registry,
+        admin_token_hash: [u8; 32],
+        operational_app_id: Option<String>,
+    ) -> Self {
+        Self {
+            store,
+            engine,
+            sources,
+            network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
+            admin_token_hash: Arc::new(admin_token_hash),
+            max_payload_bytes: config.max_payload_bytes,
+            https_only: config.https_only,
+            api_rate_limiter: std::num::NonZeroU32::new(config.api_requests_per_second)
+                .map(|per_second| Arc::new(rate_limit::ApiRateLimiter::new(per_second))),
+            operational_app_id,
+        }
+    }
 }
 
 /// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.
