@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,10 +10,8 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::rate_limit::ApiRateLimiter;
 use crate::api::{self, auth::hash_token, AppState};
 use crate::config::Config;
-use crate::delivery::ssrf::NetworkPolicy;
 use crate::delivery::{Engine, EngineSettings};
 use crate::store::{settings, Store};
 
@@ -141,19 +138,15 @@ impl Server {
             )
         });
 
-        let state = AppState {
-            store: store.clone(),
+        let state = AppState::new(
+            &config,
+            store.clone(),
             engine,
             sources,
-            network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
-            admin_token_hash: Arc::new(token_hash),
-            max_payload_bytes: config.max_payload_bytes,
-            https_only: config.https_only,
-            api_rate_limiter: std::num::NonZeroU32::new(config.api_requests_per_second)
-                .map(|per_second| Arc::new(ApiRateLimiter::new(per_second))),
+            token_hash,
             operational_app_id,
             recovery,
-        };
+        );
         let app = api::router(state);
         tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "hookd started");
 

@@ -99,6 +99,31 @@ async fn endpoint_host_header_is_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_url_hyper_cannot_send_is_rejected() {
+    let hookd = Hookd::start().await;
+    let app = hookd.create_app().await;
+
+    // The WHATWG rules accept '"' in a host name, but no request can be sent to it.
+    let reply = hookd
+        .post(
+            &format!("/api/v1/app/{app}/endpoint"),
+            &json!({"url": "https://\"example.com/hook"}),
+        )
+        .await;
+    assert_eq!(
+        reply.status, 422,
+        "url with '\"' in the host: {:?}",
+        reply.body
+    );
+    let location = error_location(&reply.body);
+    assert!(
+        location.iter().any(|part| part == "url"),
+        "loc {location:?} does not name url: {:?}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_limit_zero_is_rejected() {
     let hookd = Hookd::start().await;
     let app = hookd.create_app().await;

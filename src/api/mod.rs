@@ -36,6 +36,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::delivery::ssrf::NetworkPolicy;
 use crate::delivery::Engine;
 use crate::model::Millis;
@@ -62,6 +63,34 @@ pub struct AppState {
     pub operational_app_id: Option<String>,
     /// The runner of recover and replay tasks, woken when one is created.
     pub recovery: crate::recovery::Recovery,
+}
+
+impl AppState {
+    /// Builds the handlers' state from the validated settings and the parts
+    /// that [`crate::server::Server::run`] starts before the API.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        engine: Engine,
+        sources: crate::source::Registry,
+        admin_token_hash: [u8; 32],
+        operational_app_id: Option<String>,
+        recovery: crate::recovery::Recovery,
+    ) -> Self {
+        Self {
+            store,
+            engine,
+            sources,
+            network_policy: Arc::new(NetworkPolicy::new(config.allowed_networks.clone())),
+            admin_token_hash: Arc::new(admin_token_hash),
+            max_payload_bytes: config.max_payload_bytes,
+            https_only: config.https_only,
+            api_rate_limiter: std::num::NonZeroU32::new(config.api_requests_per_second)
+                .map(|per_second| Arc::new(rate_limit::ApiRateLimiter::new(per_second))),
+            operational_app_id,
+            recovery,
+        }
+    }
 }
 
 /// Builds the whole HTTP router: the API, `/health` and `/api/v1/health`.

@@ -254,6 +254,11 @@ pub enum UrlError {
     #[error("url port 0 is invalid, expected a port from 1 to 65535")]
     InvalidPort,
 
+    /// The WHATWG rules accept the URL but hyper, which builds the delivery requests, does
+    /// not, so every attempt would fail. The value is hyper's reason.
+    #[error("url cannot be used in an HTTP request ({0}); check the host name for characters other than letters, digits, '-', '_' and '.'")]
+    NotHttpUri(String),
+
     #[error(transparent)]
     Blocked(#[from] BlockedAddress),
 }
@@ -261,7 +266,8 @@ pub enum UrlError {
 /// Parses and validates an endpoint URL when an API client registers it.
 ///
 /// The URL must be an absolute http or https URL of at most [`MAX_ENDPOINT_URL_LEN`] bytes,
-/// with a host, a non-zero port, and no user name or password. The `url` crate normalises
+/// with a host, a non-zero port, no user name or password, and it must also parse as a
+/// [`hyper::Uri`], as the sender parses it for every attempt. The `url` crate normalises
 /// IPv4 spellings (decimal `2130706433`, hex `0x7f.1`, octal `0177.0.0.1`, short forms such as
 /// `127.1`, a trailing dot), so a host that is an IP literal after that normalisation is
 /// checked against `policy` here. A host name is accepted, because its addresses are checked
@@ -294,6 +300,12 @@ pub fn validate_endpoint_url(raw: &str, policy: &NetworkPolicy) -> Result<Url, U
 
     // Normalisation can lengthen the URL, for example by percent-encoding.
     check_length(url.as_str().len())?;
+
+    // The WHATWG host rules allow characters such as '"' and '{' that hyper's URI parser
+    // rejects, and the sender parses the stored URL with hyper.
+    if let Err(error) = url.as_str().parse::<Uri>() {
+        return Err(UrlError::NotHttpUri(error.to_string()));
+    }
     Ok(url)
 }
 
@@ -930,6 +942,26 @@ mod tests {
                 validate_endpoint_url(raw, &policy),
                 Err(UrlError::UserInfo),
                 "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_host_hyper_cannot_parse_rejected() {
+        let policy = NetworkPolicy::default();
+
+        // The WHATWG rules allow '"' and some other characters in a host name, but the
+        // sender's request would fail to build on every attempt.
+        for raw in [
+            "https://\"ücher.example/p",
+            "https://\"example.com/",
+            "http://a{b.example/",
+            "http://a`b.example/",
+        ] {
+            let result = validate_endpoint_url(raw, &policy);
+            assert!(
+                matches!(result, Err(UrlError::NotHttpUri(_))),
+                "{raw}: expected NotHttpUri, got {result:?}"
             );
         }
     }
