@@ -123,7 +123,7 @@ impl KafkaConfig {
         config
     }
 
-    /// The consumer's settings: hookd's defaults, then the operator's properties.
+    /// Returns the consumer's settings: hookd's defaults, then the operator's properties.
     fn consumer_config(&self) -> ClientConfig {
         let mut config = self.client_config();
         config
@@ -138,8 +138,8 @@ impl KafkaConfig {
         config
     }
 
-    /// The dead-letter producer's settings: the operator's properties that
-    /// are not consumer-only, so security settings apply to both clients.
+    /// Returns the dead-letter producer's settings: the operator's properties
+    /// that are not consumer-only, so security settings apply to both clients.
     fn producer_config(&self) -> ClientConfig {
         let mut config = self.client_config();
         for (key, value) in &self.properties {

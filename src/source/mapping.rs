@@ -1,5 +1,5 @@
-//! How a stream record becomes a message: where its application, event
-//! type, event id and payload come from.
+//! The mapping from a stream record to a message: where its application,
+//! event type, event id and payload come from.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -148,7 +148,7 @@ pub struct Mapped {
     pub payload: String,
 }
 
-/// Why a record cannot become a message. `kind` is one of a fixed set of
+/// The reason a record cannot become a message. `kind` is one of a fixed set of
 /// metric label values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

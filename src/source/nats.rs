@@ -153,6 +153,7 @@ async fn connect(config: &NatsConfig, batch_size: usize) -> Result<Messages, Str
         .get_stream(&config.stream)
         .await
         .map_err(|err| format!("cannot open stream {:?}: {err}", config.stream))?;
+
     let wanted = pull::Config {
         durable_name: Some(config.consumer.clone()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -163,6 +164,7 @@ async fn connect(config: &NatsConfig, batch_size: usize) -> Result<Messages, Str
         max_ack_pending: (batch_size * 4) as i64,
         ..Default::default()
     };
+
     let mut consumer: jetstream::consumer::PullConsumer = stream
         .get_or_create_consumer(&config.consumer, wanted.clone())
         .await
@@ -186,6 +188,7 @@ async fn connect(config: &NatsConfig, batch_size: usize) -> Result<Messages, Str
             .map_err(|err| format!("cannot update consumer {:?} to the configured filter_subject, ack_wait and batch_size: {err}", config.consumer))?;
         tracing::info!(consumer = %config.consumer, "updated the NATS consumer to the configured settings");
     }
+
     consumer
         .stream()
         .max_messages_per_batch(batch_size)

@@ -656,6 +656,20 @@ impl Received {
     pub fn webhook_id(&self) -> &str {
         self.header("webhook-id").unwrap_or("")
     }
+
+    /// Asserts that `webhook-signature` is the signature with `secret` of
+    /// this request's id, timestamp and body.
+    pub fn assert_signed(&self, secret: &str) {
+        let id = self.webhook_id();
+        let timestamp = self
+            .header("webhook-timestamp")
+            .expect("a webhook-timestamp header");
+        assert_eq!(
+            self.header("webhook-signature"),
+            Some(expected_signature(secret, id, timestamp, &self.body).as_str()),
+            "signature of {id}"
+        );
+    }
 }
 
 /// How a receiver responds to one request.
