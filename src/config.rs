@@ -19,7 +19,8 @@ use crate::store::encryption::EncryptionKey;
 pub struct Config {
     /// Address the API listens on (`listen`, `HOOKD_LISTEN`).
     pub listen: SocketAddr,
-    /// Folder that contains the SQLite database (`data_dir`, `HOOKD_DATA_DIR`).
+    /// Folder that contains the SQLite database (`data_dir`, `HOOKD_DATA_DIR`);
+    /// unused with `database_url`.
     pub data_dir: PathBuf,
     /// Bearer token with full access (`admin_token`, `HOOKD_ADMIN_TOKEN`).
     /// When unset, one is generated on first start and stored hashed.
@@ -78,6 +79,16 @@ pub struct Config {
     /// Time between two runs of the retention job, which also runs at start
     /// (`retention_interval`, `HOOKD_RETENTION_INTERVAL`).
     pub retention_interval: Duration,
+    /// PostgreSQL database shared by the nodes of a cluster, instead of the
+    /// SQLite file in `data_dir` (`database_url`, `HOOKD_DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// Name of this node in a cluster, unique among the nodes (`node_id`,
+    /// `HOOKD_NODE_ID`); by default the host name and process id.
+    pub node_id: String,
+    /// How long a node's lease on a partition of endpoints lasts without
+    /// renewal (`lease_duration`, `HOOKD_LEASE_DURATION`); at least twice
+    /// `request_timeout` plus 5 s, so a lease outlives any attempt.
+    pub lease_duration: Duration,
     /// `text` or `json` log lines (`log_format`, `HOOKD_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Kafka topics and NATS streams to consume (`[[sources.kafka]]` and
@@ -140,6 +151,9 @@ struct FileConfig {
     encryption_key: Option<String>,
     retention_period: Option<String>,
     retention_interval: Option<String>,
+    database_url: Option<String>,
+    node_id: Option<String>,
+    lease_duration: Option<String>,
     sources: Option<SourcesConfig>,
 }
 
@@ -191,6 +205,9 @@ const KEYS: &[&str] = &[
     "encryption_key",
     "retention_period",
     "retention_interval",
+    "database_url",
+    "node_id",
+    "lease_duration",
 ];
 
 impl RawValues {
@@ -301,6 +318,9 @@ impl Config {
             put("encryption_key", parsed.encryption_key);
             put("retention_period", parsed.retention_period);
             put("retention_interval", parsed.retention_interval);
+            put("database_url", parsed.database_url);
+            put("node_id", parsed.node_id);
+            put("lease_duration", parsed.lease_duration);
         }
 
         for (name, value) in env {
@@ -419,6 +439,51 @@ impl Config {
         let retention_interval = parse(raw, "retention_interval", "1h", "1h", |v| {
             parse_positive_duration(v, Duration::from_secs(7 * 24 * 3600))
         })?;
+        let database_url = match raw.get("database_url") {
+            None => None,
+            Some((_, "")) => None,
+            Some((source, value)) => Some(parse_database_url(value).map_err(|reason| {
+                invalid(
+                    source,
+                    &crate::store::redact_url(value),
+                    &reason,
+                    "postgres://hookd:password@127.0.0.1:5432/hookd",
+                )
+            })?),
+        };
+        let node_id = match raw.get("node_id") {
+            Some((source, value)) => {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !valid {
+                    return Err(invalid(
+                        source,
+                        value,
+                        "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+                        "hookd-1",
+                    ));
+                }
+                value.to_owned()
+            }
+            None => default_node_id(),
+        };
+        let lease_duration = parse(raw, "lease_duration", "", "60s", |v| {
+            let minimum = request_timeout * 2 + Duration::from_secs(5);
+            if v.is_empty() {
+                return Ok(minimum.max(Duration::from_secs(30)));
+            }
+            let lease = parse_positive_duration(v, Duration::from_secs(3600))?;
+            if lease < minimum {
+                return Err(format!(
+                    "must be at least twice request_timeout plus 5s ({}), so that a lease outlives every attempt",
+                    humantime::format_duration(minimum)
+                ));
+            }
+            Ok(lease)
+        })?;
         let operational_webhook_urls = parse(
             raw,
             "operational_webhook_urls",
@@ -497,8 +562,22 @@ impl Config {
             encryption_key,
             retention_period,
             retention_interval,
+            database_url,
+            node_id,
+            lease_duration,
             sources: SourcesConfig::default(),
         })
+    }
+
+    /// The database the store opens: PostgreSQL with `database_url`, else
+    /// the SQLite file in `data_dir`.
+    pub fn database(&self) -> crate::store::Database {
+        match &self.database_url {
+            Some(url) => crate::store::Database::Postgres { url: url.clone() },
+            None => crate::store::Database::Sqlite {
+                data_dir: self.data_dir.clone(),
+            },
+        }
     }
 
     /// Returns the settings with every default, as `hookd serve` with no
@@ -583,6 +662,42 @@ fn split_list(value: &str) -> impl Iterator<Item = &str> {
         .split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
+}
+
+/// Checks a PostgreSQL URL: its scheme and that the driver can read it.
+fn parse_database_url(value: &str) -> Result<String, String> {
+    if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+        return Err(
+            "must be a postgres:// or postgresql:// URL; leave it unset to use SQLite in data_dir"
+                .to_owned(),
+        );
+    }
+    value
+        .parse::<postgres::Config>()
+        .map_err(|err| format!("is not a valid PostgreSQL URL ({err})"))?;
+    Ok(value.to_owned())
+}
+
+/// Returns the host name and process id, which tell apart the nodes of a
+/// cluster in logs and in the lease table.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hookd".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{host}-{}", std::process::id())
 }
 
 /// Parses a duration such as `10s`, `500ms` or `1h`, at least 1 ms and at most `max`.

@@ -65,10 +65,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::Migrate => {
-            hookd::store::Store::open_with_key(&config.data_dir, config.encryption_key.as_ref())
-                .map(|store| {
-                    println!("database {} is up to date", store.path().display());
-                    store.close();
+            let database = config.database();
+            hookd::store::migrate(&database)
+                .map(|version| {
+                    println!(
+                        "database {} is up to date (schema version {version})",
+                        database.describe()
+                    );
                 })
                 .map_err(anyhow::Error::from)
         }
@@ -131,6 +134,15 @@ fn describe(config: &Config) -> String {
     let mut lines = vec![
         format!("listen = {}", config.listen),
         format!("data_dir = {}", config.data_dir.display()),
+        format!(
+            "database_url = {}",
+            config.database_url.as_deref().map_or_else(
+                || "(unset: SQLite in data_dir)".to_owned(),
+                hookd::store::redact_url
+            )
+        ),
+        format!("node_id = {}", config.node_id),
+        format!("lease_duration = {}", duration(config.lease_duration)),
         format!(
             "admin_token = {}",
             if config.admin_token.is_some() {

@@ -102,10 +102,7 @@ pub async fn expunge_before(
 async fn in_batches(
     store: &Store,
     stop: &watch::Receiver<bool>,
-    batch: impl Fn(&rusqlite::Connection) -> Result<retention::Batch, StoreError>
-        + Clone
-        + Send
-        + 'static,
+    batch: impl Fn(&crate::store::Conn) -> Result<retention::Batch, StoreError> + Clone + Send + 'static,
 ) -> Result<usize, StoreError> {
     let mut changed = 0;
     loop {

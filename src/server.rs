@@ -68,8 +68,9 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds the listen address.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open_with_key(&config.data_dir, config.encryption_key.as_ref())
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        let database = config.database();
+        let store = Store::open_database(&database, config.encryption_key.as_ref())
+            .with_context(|| format!("cannot open the store at {}", database.describe()))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -113,7 +113,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(field) => Self::conflict(format!("{field} is already in use")),
-            StoreError::Closed | StoreError::Unavailable => Self::Status {
+            err if err.is_unavailable() => Self::Status {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "store_unavailable",
                 detail: "the store cannot take writes right now; try again".to_owned(),

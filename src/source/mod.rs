@@ -251,7 +251,7 @@ impl Ingest {
 }
 
 fn store_items(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Conn,
     source: &str,
     items: &[Item],
 ) -> Result<(Vec<Outcome>, Vec<messages::NewDelivery>), StoreError> {

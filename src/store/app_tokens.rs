@@ -2,7 +2,7 @@
 //! expiry. Only the SHA-256 of each token is stored, so the database cannot
 //! give a token back.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::{from_json, to_json, Result};
 use crate::model::Millis;
@@ -37,7 +37,7 @@ impl AppToken {
     }
 }
 
-fn from_row(row: &Row) -> rusqlite::Result<(AppToken, String)> {
+fn from_row(row: &Row) -> Result<(AppToken, String)> {
     Ok((
         AppToken {
             token_sha256: row.get(0)?,
@@ -53,7 +53,7 @@ fn from_row(row: &Row) -> rusqlite::Result<(AppToken, String)> {
     ))
 }
 
-pub fn insert(conn: &Connection, token: &AppToken) -> Result<()> {
+pub fn insert(conn: &Conn, token: &AppToken) -> Result<()> {
     conn.execute(
         &format!("INSERT INTO app_tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         params![
@@ -71,13 +71,12 @@ pub fn insert(conn: &Connection, token: &AppToken) -> Result<()> {
 }
 
 /// Finds a token by the SHA-256 of its text.
-pub fn get(conn: &Connection, token_sha256: &[u8; 32]) -> Result<Option<AppToken>> {
-    let found = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM app_tokens WHERE token_sha256 = ?1"
-        ))?
-        .query_row([token_sha256], from_row)
-        .optional()?;
+pub fn get(conn: &Conn, token_sha256: &[u8; 32]) -> Result<Option<AppToken>> {
+    let found = conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM app_tokens WHERE token_sha256 = ?1"),
+        params![token_sha256],
+        from_row,
+    )?;
     let Some((mut token, flags)) = found else {
         return Ok(None);
     };
@@ -87,7 +86,7 @@ pub fn get(conn: &Connection, token_sha256: &[u8; 32]) -> Result<Option<AppToken
 
 /// Revokes one token at `now`. Returns false when it is unknown or was
 /// already revoked.
-pub fn revoke(conn: &Connection, token_sha256: &[u8; 32], now: Millis) -> Result<bool> {
+pub fn revoke(conn: &Conn, token_sha256: &[u8; 32], now: Millis) -> Result<bool> {
     let changed = conn.execute(
         "UPDATE app_tokens SET revoked_at = ?2 WHERE token_sha256 = ?1 AND revoked_at IS NULL",
         params![token_sha256, now],
@@ -99,7 +98,7 @@ pub fn revoke(conn: &Connection, token_sha256: &[u8; 32], now: Millis) -> Result
 /// where it is later than that. With `session_ids`, only the tokens issued
 /// with one of those session ids change. Returns how many tokens changed.
 pub fn expire_all(
-    conn: &Connection,
+    conn: &Conn,
     app_id: &str,
     expires_at: Millis,
     session_ids: Option<&[String]>,
@@ -110,8 +109,11 @@ pub fn expire_all(
             params![app_id, expires_at],
         )?,
         Some(sessions) => conn.execute(
-            "UPDATE app_tokens SET expires_at = ?2 WHERE app_id = ?1 AND expires_at > ?2 \
-             AND session_id IN (SELECT value FROM json_each(?3))",
+            &format!(
+                "UPDATE app_tokens SET expires_at = ?2 WHERE app_id = ?1 AND expires_at > ?2 \
+                 AND session_id IN (SELECT sessions.value FROM {})",
+                conn.json_each("CAST(?3 AS TEXT)", "sessions")
+            ),
             params![app_id, expires_at, to_json(&sessions)],
         )?,
     };
@@ -120,6 +122,9 @@ pub fn expire_all(
 
 /// Deletes the tokens that expired before `before`, revoked or not, and
 /// returns how many.
-pub fn delete_expired(conn: &Connection, before: Millis) -> Result<usize> {
-    Ok(conn.execute("DELETE FROM app_tokens WHERE expires_at < ?1", [before])?)
+pub fn delete_expired(conn: &Conn, before: Millis) -> Result<usize> {
+    Ok(conn.execute(
+        "DELETE FROM app_tokens WHERE expires_at < ?1",
+        params![before],
+    )?)
 }

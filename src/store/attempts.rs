@@ -1,6 +1,6 @@
 //! Attempts: one row per HTTP request made for a delivery.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::{messages::quote, PageRequest, Result, StoreError};
 use crate::model::{Attempt, DeliveryStatus, Millis, Trigger};
@@ -9,7 +9,7 @@ const COLUMNS: &str =
     "id, delivery_id, msg_id, endpoint_id, app_id, url, status, response_status, response, \
      response_truncated, duration_ms, error_kind, trigger, created_at";
 
-fn from_row(row: &Row) -> rusqlite::Result<(Attempt, i64)> {
+fn from_row(row: &Row) -> Result<(Attempt, i64)> {
     Ok((
         Attempt {
             id: row.get(0)?,
@@ -37,11 +37,12 @@ fn finish((mut attempt, status): (Attempt, i64)) -> Result<Attempt> {
     Ok(attempt)
 }
 
-pub fn insert(conn: &Connection, attempt: &Attempt) -> Result<()> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO attempts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-    ))?
-    .execute(params![
+pub fn insert(conn: &Conn, attempt: &Attempt) -> Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO attempts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ),
+        params![
         attempt.id,
         attempt.delivery_id,
         attempt.msg_id,
@@ -55,17 +56,18 @@ pub fn insert(conn: &Connection, attempt: &Attempt) -> Result<()> {
         attempt.duration_ms,
         attempt.error_kind,
         attempt.trigger as i64,
-        attempt.created_at
-    ])?;
+            attempt.created_at
+        ],
+    )?;
     Ok(())
 }
 
-pub fn get(conn: &Connection, app_id: &str, msg_id: &str, id: &str) -> Result<Option<Attempt>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM attempts WHERE app_id = ?1 AND msg_id = ?2 AND id = ?3"
-    ))?
-    .query_row([app_id, msg_id, id], from_row)
-    .optional()?
+pub fn get(conn: &Conn, app_id: &str, msg_id: &str, id: &str) -> Result<Option<Attempt>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM attempts WHERE app_id = ?1 AND msg_id = ?2 AND id = ?3"),
+        params![app_id, msg_id, id],
+        from_row,
+    )?
     .map(finish)
     .transpose()
 }
@@ -81,7 +83,7 @@ pub struct AttemptFilter {
 
 /// Attempts of an application, by endpoint or by message (`by` is `endpoint_id` or `msg_id`), newest first.
 pub fn list(
-    conn: &Connection,
+    conn: &Conn,
     app_id: &str,
     by: &str,
     value: &str,
@@ -106,16 +108,16 @@ pub fn list(
     }
     sql.push(' ');
     sql.push_str(&order);
-    let mut statement = conn.prepare(&sql)?;
-    let rows = statement.query_map(params![app_id, value, page.iterator], from_row)?;
-    rows.map(|row| finish(row?)).collect()
+    conn.query_map(&sql, params![app_id, value, page.iterator], |row| {
+        finish(from_row(row)?)
+    })
 }
 
 /// Replaces the stored response body of an attempt with
 /// [`EXPUNGED_RESPONSE`](super::retention::EXPUNGED_RESPONSE), as the Svix API does.
-pub fn expunge_response(conn: &Connection, id: &str) -> Result<bool> {
+pub fn expunge_response(conn: &Conn, id: &str) -> Result<bool> {
     Ok(conn.execute(
         "UPDATE attempts SET response = ?2 WHERE id = ?1",
-        [id, super::retention::EXPUNGED_RESPONSE],
+        params![id, super::retention::EXPUNGED_RESPONSE],
     )? > 0)
 }

@@ -1,7 +1,7 @@
 //! Records from a stream source that could not become messages, kept with
 //! the reason so an operator can fix and replay them.
 
-use rusqlite::{params, Connection, Row};
+use super::sql::{params, Conn, Row};
 
 use super::{PageRequest, Result};
 use crate::model::Millis;
@@ -25,7 +25,7 @@ pub struct DeadLetter {
 
 const COLUMNS: &str = "id, source, origin, reason, reason_kind, record_key, value, created_at";
 
-fn from_row(row: &Row) -> rusqlite::Result<DeadLetter> {
+fn from_row(row: &Row) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: row.get(0)?,
         source: row.get(1)?,
@@ -40,12 +40,13 @@ fn from_row(row: &Row) -> rusqlite::Result<DeadLetter> {
 
 /// Stores a dead letter unless the same record of the same source is
 /// already stored. Returns true when it was new.
-pub fn insert(conn: &Connection, letter: &DeadLetter) -> Result<bool> {
-    let changed = conn
-        .prepare_cached(&format!(
-            "INSERT OR IGNORE INTO dead_letters ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-        ))?
-        .execute(params![
+pub fn insert(conn: &Conn, letter: &DeadLetter) -> Result<bool> {
+    let changed = conn.execute(
+        &format!(
+            "INSERT INTO dead_letters ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT DO NOTHING"
+        ),
+        params![
             letter.id,
             letter.source,
             letter.origin,
@@ -54,28 +55,26 @@ pub fn insert(conn: &Connection, letter: &DeadLetter) -> Result<bool> {
             letter.key,
             letter.value,
             letter.created_at
-        ])?;
+        ],
+    )?;
     Ok(changed == 1)
 }
 
 /// Lists one page of a source's dead letters, in id (creation) order.
-pub fn list(conn: &Connection, source: &str, page: &PageRequest) -> Result<Vec<DeadLetter>> {
+pub fn list(conn: &Conn, source: &str, page: &PageRequest) -> Result<Vec<DeadLetter>> {
     let (condition, order) = page.clause("id", 2);
-    let mut statement = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE source = ?1 AND {condition} {order}"
-    ))?;
-    let rows = statement
-        .query_map(params![source, page.iterator], from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+    conn.query_map(
+        &format!("SELECT {COLUMNS} FROM dead_letters WHERE source = ?1 AND {condition} {order}"),
+        params![source, page.iterator],
+        from_row,
+    )
 }
 
 /// Number of dead letters of a source.
-pub fn count(conn: &Connection, source: &str) -> Result<u64> {
-    let count: i64 = conn.query_row(
+pub fn count(conn: &Conn, source: &str) -> Result<u64> {
+    conn.query_one(
         "SELECT COUNT(*) FROM dead_letters WHERE source = ?1",
-        [source],
+        params![source],
         |row| row.get(0),
-    )?;
-    Ok(count as u64)
+    )
 }

@@ -4,7 +4,7 @@
 //! `next_attempt_at` is the time it is due. A finished delivery (success, fail or
 //! canceled) has no `next_attempt_at`.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::messages::NewDelivery;
 use super::{Result, StoreError};
@@ -13,7 +13,7 @@ use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, Message, Millis,
 const COLUMNS: &str =
     "id, msg_id, endpoint_id, app_id, trigger, status, attempts, next_attempt_at, created_at";
 
-fn from_row(row: &Row) -> rusqlite::Result<(Delivery, i64)> {
+fn from_row(row: &Row) -> Result<(Delivery, i64)> {
     Ok((
         Delivery {
             id: row.get(0)?,
@@ -38,27 +38,29 @@ fn finish((mut delivery, status): (Delivery, i64)) -> Result<Delivery> {
 
 /// Inserts a pending delivery due at `now` and returns its id.
 pub fn insert(
-    conn: &Connection,
+    conn: &Conn,
     msg_id: &str,
     endpoint_id: &str,
     app_id: &str,
     trigger: Trigger,
     now: Millis,
 ) -> Result<i64> {
-    conn.prepare_cached(
+    conn.query_one(
         "INSERT INTO deliveries (msg_id, endpoint_id, app_id, trigger, status, attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 1, 0, ?5, ?5, ?5)",
-    )?
-    .execute(params![msg_id, endpoint_id, app_id, trigger as i64, now])?;
-    Ok(conn.last_insert_rowid())
+         VALUES (?1, ?2, ?3, ?4, 1, 0, ?5, ?5, ?5) RETURNING id",
+        params![msg_id, endpoint_id, app_id, trigger as i64, now],
+        |row| row.get(0),
+    )
 }
 
-pub fn get(conn: &Connection, id: i64) -> Result<Option<Delivery>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?1"))?
-        .query_row([id], from_row)
-        .optional()?
-        .map(finish)
-        .transpose()
+pub fn get(conn: &Conn, id: i64) -> Result<Option<Delivery>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?1"),
+        params![id],
+        from_row,
+    )?
+    .map(finish)
+    .transpose()
 }
 
 /// Everything the sender needs for one attempt.
@@ -71,7 +73,7 @@ pub struct SendContext {
 }
 
 /// Loads a delivery with its message and endpoint.
-pub fn load_for_send(conn: &Connection, id: i64) -> Result<Option<SendContext>> {
+pub fn load_for_send(conn: &Conn, id: i64) -> Result<Option<SendContext>> {
     let Some(delivery) = get(conn, id)? else {
         return Ok(None);
     };
@@ -100,7 +102,7 @@ pub enum NextStep {
 
 /// Stores an attempt and moves its delivery to the next step, in one transaction.
 pub fn record_attempt(
-    conn: &Connection,
+    conn: &Conn,
     attempt: &Attempt,
     next: NextStep,
     now: Millis,
@@ -112,10 +114,10 @@ pub fn record_attempt(
         NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
         NextStep::GaveUp | NextStep::DisableEndpoint => (DeliveryStatus::Fail, None),
     };
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4 WHERE id = ?1 AND status = 1",
-    )?
-    .execute(params![attempt.delivery_id, status as i64, next_at, now])?;
+        params![attempt.delivery_id, status as i64, next_at, now],
+    )?;
     // The status check above keeps a delivery canceled while its attempt
     // was in flight (its endpoint was disabled or deleted) canceled.
 
@@ -133,9 +135,11 @@ pub fn record_attempt(
 
     super::endpoints::mark_failing(conn, &attempt.endpoint_id, now)?;
     let (failing_since, disabled): (Option<Millis>, bool) = conn
-        .prepare_cached("SELECT failing_since, disabled FROM endpoints WHERE id = ?1")?
-        .query_row([&attempt.endpoint_id], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?
+        .query_opt(
+            "SELECT failing_since, disabled FROM endpoints WHERE id = ?1",
+            params![attempt.endpoint_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?
         .unwrap_or((None, true));
     let failed_too_long = rules
         .disable_after_ms
@@ -166,9 +170,11 @@ pub fn record_attempt(
     }
 
     if let Some(app_id) = operational {
-        let attempts: u32 = conn
-            .prepare_cached("SELECT attempts FROM deliveries WHERE id = ?1")?
-            .query_row([attempt.delivery_id], |row| row.get(0))?;
+        let attempts: u32 = conn.query_one(
+            "SELECT attempts FROM deliveries WHERE id = ?1",
+            params![attempt.delivery_id],
+            |row| row.get(0),
+        )?;
         let event_type = match next {
             NextStep::GaveUp | NextStep::DisableEndpoint => {
                 Some(super::operational::ATTEMPT_EXHAUSTED)
@@ -213,7 +219,7 @@ pub struct RecordRules<'a> {
 }
 
 /// Cancels a delivery without an attempt, for example because its endpoint is gone.
-pub fn cancel(conn: &Connection, id: i64, now: Millis) -> Result<()> {
+pub fn cancel(conn: &Conn, id: i64, now: Millis) -> Result<()> {
     conn.execute(
         "UPDATE deliveries SET status = 4, next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1 AND status = 1",
         params![id, now],
@@ -221,11 +227,7 @@ pub fn cancel(conn: &Connection, id: i64, now: Millis) -> Result<()> {
     Ok(())
 }
 
-pub fn cancel_pending_for_endpoint(
-    conn: &Connection,
-    endpoint_id: &str,
-    now: Millis,
-) -> Result<usize> {
+pub fn cancel_pending_for_endpoint(conn: &Conn, endpoint_id: &str, now: Millis) -> Result<usize> {
     Ok(conn.execute(
         "UPDATE deliveries SET status = 4, next_attempt_at = NULL, updated_at = ?2 WHERE endpoint_id = ?1 AND status = 1",
         params![endpoint_id, now],
@@ -234,34 +236,33 @@ pub fn cancel_pending_for_endpoint(
 
 /// Ids of an endpoint's deliveries that are due by `now`, oldest due first.
 pub fn due_for_endpoint(
-    conn: &Connection,
+    conn: &Conn,
     endpoint_id: &str,
     now: Millis,
     limit: usize,
 ) -> Result<Vec<i64>> {
-    let mut statement = conn.prepare_cached(
+    conn.query_map(
         "SELECT id FROM deliveries WHERE endpoint_id = ?1 AND status = 1 AND next_attempt_at <= ?2
          ORDER BY next_attempt_at, id LIMIT ?3",
-    )?;
-    let rows = statement.query_map(params![endpoint_id, now, limit as i64], |row| row.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        params![endpoint_id, now, limit as i64],
+        |row| row.get(0),
+    )
 }
 
 /// Counts an endpoint's pending deliveries that are due by `now`, counting
 /// no further than `cap`.
 pub fn count_due_for_endpoint(
-    conn: &Connection,
+    conn: &Conn,
     endpoint_id: &str,
     now: Millis,
     cap: usize,
 ) -> Result<usize> {
-    let count: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
-             WHERE endpoint_id = ?1 AND status = 1 AND next_attempt_at <= ?2 LIMIT ?3)",
-        )?
-        .query_row(params![endpoint_id, now, cap as i64], |row| row.get(0))?;
-    Ok(count as usize)
+    conn.query_one(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+         WHERE endpoint_id = ?1 AND status = 1 AND next_attempt_at <= ?2 LIMIT ?3) AS due",
+        params![endpoint_id, now, cap as i64],
+        |row| row.get(0),
+    )
 }
 
 /// A retry that becomes due, for the scheduler.
@@ -275,20 +276,18 @@ pub struct DueRetry {
 /// Retries (deliveries with at least one attempt) that become due in
 /// `(after, until]`, ordered by due time then id, starting after `cursor`.
 pub fn retries_due_between(
-    conn: &Connection,
+    conn: &Conn,
     after: Millis,
     until: Millis,
     cursor: Option<(Millis, i64)>,
     limit: usize,
 ) -> Result<Vec<DueRetry>> {
     let (cursor_at, cursor_id) = cursor.unwrap_or((after, i64::MIN));
-    let mut statement = conn.prepare_cached(
+    conn.query_map(
         "SELECT id, endpoint_id, next_attempt_at FROM deliveries
          WHERE status = 1 AND attempts > 0 AND next_attempt_at > ?1 AND next_attempt_at <= ?2
            AND (next_attempt_at > ?3 OR (next_attempt_at = ?3 AND id > ?4))
          ORDER BY next_attempt_at, id LIMIT ?5",
-    )?;
-    let rows = statement.query_map(
         params![after, until, cursor_at, cursor_id, limit as i64],
         |row| {
             Ok(DueRetry {
@@ -297,23 +296,22 @@ pub fn retries_due_between(
                 next_attempt_at: row.get(2)?,
             })
         },
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    )
 }
 
 /// Endpoints that have at least one pending delivery due by `now`.
-pub fn endpoints_with_due(conn: &Connection, now: Millis) -> Result<Vec<String>> {
-    let mut statement = conn.prepare(
+pub fn endpoints_with_due(conn: &Conn, now: Millis) -> Result<Vec<String>> {
+    conn.query_map(
         "SELECT DISTINCT endpoint_id FROM deliveries WHERE status = 1 AND next_attempt_at <= ?1",
-    )?;
-    let rows = statement.query_map([now], |row| row.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        params![now],
+        |row| row.get(0),
+    )
 }
 
 /// Adds a manual delivery of a message to an endpoint (a resend). Existing
 /// deliveries and their scheduled retries are left as they are.
 pub fn create_manual(
-    conn: &Connection,
+    conn: &Conn,
     msg_id: &str,
     endpoint_id: &str,
     app_id: &str,
@@ -332,19 +330,17 @@ pub struct EndpointStats {
     pub canceled: u64,
 }
 
-pub fn endpoint_stats(conn: &Connection, endpoint_id: &str) -> Result<EndpointStats> {
-    let mut statement = conn.prepare(
+pub fn endpoint_stats(conn: &Conn, endpoint_id: &str) -> Result<EndpointStats> {
+    let rows = conn.query_map(
         "SELECT CASE WHEN d.status = 1 AND d.attempts > 0 THEN 3 ELSE d.status END AS s, COUNT(*) FROM deliveries d
          WHERE d.endpoint_id = ?1
            AND d.id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
          GROUP BY s",
+        params![endpoint_id],
+        |row| Ok((row.get::<i64>(0)?, row.get::<u64>(1)?)),
     )?;
     let mut stats = EndpointStats::default();
-    let rows = statement.query_map([endpoint_id], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, u64>(1)?))
-    })?;
-    for row in rows {
-        let (status, count) = row?;
+    for (status, count) in rows {
         match DeliveryStatus::from_code(status) {
             Some(DeliveryStatus::Success) => stats.success = count,
             Some(DeliveryStatus::Pending) => stats.pending = count,
@@ -368,23 +364,22 @@ pub struct EndpointMessage {
 
 /// Messages delivered (or being delivered) to an endpoint, newest first.
 pub fn messages_for_endpoint(
-    conn: &Connection,
+    conn: &Conn,
     endpoint_id: &str,
     app_id: &str,
     page: &super::PageRequest,
 ) -> Result<Vec<EndpointMessage>> {
     let (condition, order) = page.clause("d.msg_id", 2);
-    let mut statement = conn.prepare(&format!(
-        "SELECT d.msg_id, d.status, d.attempts, d.next_attempt_at FROM deliveries d
-         WHERE d.endpoint_id = ?1 AND {condition}
-           AND d.id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
-         {order}"
-    ))?;
-    let rows: Vec<(String, i64, u32, Option<Millis>)> = statement
-        .query_map(params![endpoint_id, page.iterator], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(String, i64, u32, Option<Millis>)> = conn.query_map(
+        &format!(
+            "SELECT d.msg_id, d.status, d.attempts, d.next_attempt_at FROM deliveries d
+             WHERE d.endpoint_id = ?1 AND {condition}
+               AND d.id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
+             {order}"
+        ),
+        params![endpoint_id, page.iterator],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+    )?;
     let mut out = Vec::with_capacity(rows.len());
     for (msg_id, status, attempts, next_attempt_at) in rows {
         let Some(message) = super::messages::get(conn, app_id, &msg_id)? else {

@@ -6,25 +6,18 @@
 //! (`endpoints.secret/ep_…`), so a sealed value copied into another row or
 //! column does not open.
 //!
-//! The store's SQL seals and opens values through two functions registered on
-//! every connection, so the key travels with the connection and the store
-//! operations keep taking a plain `&Connection`:
-//!
-//! - `hookd_seal(value, column, row_id)` returns the sealed value with a key,
-//!   and `value` unchanged without one.
-//! - `hookd_open(value, column, row_id)` returns the plaintext of a sealed
-//!   value, and a plaintext value unchanged. A sealed value without a key, or
-//!   one that does not open with the key, is an error and never an empty string.
+//! The store seals a value before it is written with [`seal`], and opens it
+//! after it is read with [`open`], using the cipher that each connection
+//! carries (see `Conn::cipher`). [`open`] returns a plaintext value unchanged.
+//! A sealed value without a key, or one that does not open with the key, is
+//! an error and never an empty string.
 
 use std::fmt;
-use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use rusqlite::functions::FunctionFlags;
-use rusqlite::Connection;
 
 /// Prefix of a sealed value; the digit is the format version.
 pub const SEALED_PREFIX: &str = "enc1:";
@@ -176,32 +169,6 @@ pub fn seal(cipher: Option<&Cipher>, plaintext: &str, context: &str) -> String {
         Some(cipher) => cipher.seal(plaintext, context),
         None => plaintext.to_owned(),
     }
-}
-
-/// Registers `hookd_seal` and `hookd_open` on a connection.
-pub fn register_functions(conn: &Connection, cipher: Option<Arc<Cipher>>) -> rusqlite::Result<()> {
-    // DIRECTONLY keeps the functions out of triggers and views, so only the
-    // store's own statements can call them.
-    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY;
-    let sealing = cipher.clone();
-    // Not DETERMINISTIC: every call draws a new nonce.
-    conn.create_scalar_function("hookd_seal", 3, flags, move |ctx| {
-        let value: String = ctx.get(0)?;
-        let context = context(&ctx.get::<String>(1)?, &ctx.get::<String>(2)?);
-        Ok(seal(sealing.as_deref(), &value, &context))
-    })?;
-    conn.create_scalar_function(
-        "hookd_open",
-        3,
-        flags | FunctionFlags::SQLITE_DETERMINISTIC,
-        move |ctx| {
-            let value: String = ctx.get(0)?;
-            let context = context(&ctx.get::<String>(1)?, &ctx.get::<String>(2)?);
-            open(cipher.as_deref(), &value, &context)
-                .map_err(|err| rusqlite::Error::UserFunctionError(Box::new(err)))
-        },
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,25 +1,19 @@
 //! Endpoints: the URLs of an application that receive deliveries.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Dialect, Row};
 use serde::{Deserialize, Serialize};
 
 use super::encryption::{self, Cipher};
 use super::{from_json, to_json, PageRequest, Result, StoreError};
 use crate::model::{ids, Endpoint, Millis, PreviousSecret};
 
-/// The columns an INSERT writes. A SELECT reads [`SELECT_COLUMNS`] instead,
-/// because these would return sealed secrets as they are stored.
-const INSERT_COLUMNS: &str =
+/// The columns of an endpoint. The two secret columns hold sealed values
+/// when an encryption key is set (see [`encryption`]): they are sealed before
+/// an INSERT and opened after a SELECT, in Rust, so both databases store the
+/// same text.
+const COLUMNS: &str =
     "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
      secret, previous_secrets, metadata, headers, retry_schedule_ms, created_at, updated_at";
-
-/// [`INSERT_COLUMNS`] for a SELECT: the two secret columns are decrypted when
-/// sealed (see [`encryption`]).
-const SELECT_COLUMNS: &str =
-    "id, app_id, uid, url, description, rate_limit, disabled, event_types, channels, \
-     hookd_open(secret, 'endpoints.secret', id), \
-     hookd_open(previous_secrets, 'endpoints.previous_secrets', id), \
-     metadata, headers, retry_schedule_ms, created_at, updated_at";
 
 /// A rotated-out secret as stored in the `previous_secrets` JSON column.
 #[derive(Serialize, Deserialize)]
@@ -38,7 +32,7 @@ struct RawRow {
     retry_schedule: Option<String>,
 }
 
-fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
+fn from_row(row: &Row) -> Result<RawRow> {
     Ok(RawRow {
         endpoint: Endpoint {
             id: row.get(0)?,
@@ -67,8 +61,18 @@ fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
     })
 }
 
-fn finish(raw: RawRow) -> Result<Endpoint> {
+fn finish(cipher: Option<&Cipher>, raw: RawRow) -> Result<Endpoint> {
     let mut endpoint = raw.endpoint;
+    endpoint.secret = encryption::open(
+        cipher,
+        &endpoint.secret,
+        &encryption::context("endpoints.secret", &endpoint.id),
+    )?;
+    let previous_secrets = encryption::open(
+        cipher,
+        &raw.previous_secrets,
+        &encryption::context("endpoints.previous_secrets", &endpoint.id),
+    )?;
     endpoint.event_types = raw
         .event_types
         .map(|v| from_json(&v, "endpoints.event_types"))
@@ -77,8 +81,7 @@ fn finish(raw: RawRow) -> Result<Endpoint> {
         .channels
         .map(|v| from_json(&v, "endpoints.channels"))
         .transpose()?;
-    let previous: Vec<StoredSecret> =
-        from_json(&raw.previous_secrets, "endpoints.previous_secrets")?;
+    let previous: Vec<StoredSecret> = from_json(&previous_secrets, "endpoints.previous_secrets")?;
     endpoint.previous_secrets = previous
         .into_iter()
         .map(|s| PreviousSecret {
@@ -109,7 +112,7 @@ fn previous_json(endpoint: &Endpoint) -> String {
 
 /// Inserts a new endpoint, or with `replace` updates the one with the same
 /// id. An update keeps the columns the model does not carry (`failing_since`).
-pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()> {
+pub fn save(conn: &Conn, endpoint: &Endpoint, replace: bool) -> Result<()> {
     clear_writer_caches();
     let on_conflict = if replace {
         " ON CONFLICT (id) DO UPDATE SET uid = excluded.uid, url = excluded.url, \
@@ -122,9 +125,8 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
     };
     conn.execute(
         &format!(
-            "INSERT INTO endpoints ({INSERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-             hookd_seal(?10, 'endpoints.secret', ?1), hookd_seal(?11, 'endpoints.previous_secrets', ?1), \
-             ?12, ?13, ?14, ?15, ?16){on_conflict}"
+            "INSERT INTO endpoints ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16){on_conflict}"
         ),
         params![
             endpoint.id,
@@ -136,8 +138,16 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
             endpoint.disabled,
             endpoint.event_types.as_ref().map(to_json),
             endpoint.channels.as_ref().map(to_json),
-            endpoint.secret,
-            previous_json(endpoint),
+            encryption::seal(
+                conn.cipher(),
+                &endpoint.secret,
+                &encryption::context("endpoints.secret", &endpoint.id)
+            ),
+            encryption::seal(
+                conn.cipher(),
+                &previous_json(endpoint),
+                &encryption::context("endpoints.previous_secrets", &endpoint.id)
+            ),
             to_json(&endpoint.metadata),
             to_json(&endpoint.headers),
             endpoint.retry_schedule_ms.as_ref().map(to_json),
@@ -153,7 +163,7 @@ pub fn save(conn: &Connection, endpoint: &Endpoint, replace: bool) -> Result<()>
 /// disables it, resets its failure clock and stores an `endpoint.enabled` or
 /// `endpoint.disabled` operational event. Returns the deliveries created.
 pub fn save_with_events(
-    conn: &Connection,
+    conn: &Conn,
     endpoint: &Endpoint,
     was_disabled: bool,
     operational_app_id: Option<&str>,
@@ -165,7 +175,7 @@ pub fn save_with_events(
     }
     conn.execute(
         "UPDATE endpoints SET failing_since = NULL WHERE id = ?1",
-        [&endpoint.id],
+        params![endpoint.id],
     )?;
     let Some(app_id) = operational_app_id.filter(|app_id| *app_id != endpoint.app_id) else {
         return Ok(Vec::new());
@@ -181,51 +191,50 @@ pub fn save_with_events(
 }
 
 /// Finds an endpoint of an application by its id or, failing that, by its uid.
-pub fn get(conn: &Connection, app_id: &str, id_or_uid: &str) -> Result<Option<Endpoint>> {
+pub fn get(conn: &Conn, app_id: &str, id_or_uid: &str) -> Result<Option<Endpoint>> {
     let mut found = None;
     if ids::has_prefix(id_or_uid, ids::ENDPOINT) {
-        found = conn
-            .prepare_cached(&format!(
-                "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND id = ?2"
-            ))?
-            .query_row([app_id, id_or_uid], from_row)
-            .optional()?;
+        found = conn.query_opt(
+            &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND id = ?2"),
+            params![app_id, id_or_uid],
+            from_row,
+        )?;
     }
     if found.is_none() {
-        found = conn
-            .prepare_cached(&format!(
-                "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND uid = ?2"
-            ))?
-            .query_row([app_id, id_or_uid], from_row)
-            .optional()?;
+        found = conn.query_opt(
+            &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND uid = ?2"),
+            params![app_id, id_or_uid],
+            from_row,
+        )?;
     }
-    found.map(finish).transpose()
+    found.map(|raw| finish(conn.cipher(), raw)).transpose()
 }
 
 /// Finds an endpoint by id alone, for the delivery engine.
-pub fn get_by_id(conn: &Connection, id: &str) -> Result<Option<Endpoint>> {
-    conn.prepare_cached(&format!(
-        "SELECT {SELECT_COLUMNS} FROM endpoints WHERE id = ?1"
-    ))?
-    .query_row([id], from_row)
-    .optional()?
-    .map(finish)
+pub fn get_by_id(conn: &Conn, id: &str) -> Result<Option<Endpoint>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM endpoints WHERE id = ?1"),
+        params![id],
+        from_row,
+    )?
+    .map(|raw| finish(conn.cipher(), raw))
     .transpose()
 }
 
-pub fn list(conn: &Connection, app_id: &str, page: &PageRequest) -> Result<Vec<Endpoint>> {
+pub fn list(conn: &Conn, app_id: &str, page: &PageRequest) -> Result<Vec<Endpoint>> {
     let (condition, order) = page.clause("id", 2);
-    let mut statement = conn.prepare(&format!(
-        "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND {condition} {order}"
-    ))?;
-    let rows = statement.query_map(params![app_id, page.iterator], from_row)?;
-    rows.map(|row| finish(row?)).collect()
+    conn.query_map(
+        &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND {condition} {order}"),
+        params![app_id, page.iterator],
+        |row| finish(conn.cipher(), from_row(row)?),
+    )
 }
 
 thread_local! {
     /// Enabled endpoints by application, for fan-out. Fan-out and every
     /// endpoint change run on the store's writer thread, so a cache per thread
     /// observes every change. Each change, and each rolled-back job, clears it.
+    /// Only SQLite uses it: on PostgreSQL other nodes change endpoints too.
     static FAN_OUT_CACHE: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<[Endpoint]>>> =
         Default::default();
 }
@@ -247,14 +256,18 @@ pub fn clear_writer_caches() {
 
 /// Clears an endpoint's failure clock after a success, writing only when it
 /// may be set.
-pub fn mark_not_failing(conn: &Connection, endpoint_id: &str) -> Result<()> {
-    if NOT_FAILING.with(|set| set.borrow().contains(endpoint_id)) {
+pub fn mark_not_failing(conn: &Conn, endpoint_id: &str) -> Result<()> {
+    let cached = conn.dialect() == Dialect::Sqlite;
+    if cached && NOT_FAILING.with(|set| set.borrow().contains(endpoint_id)) {
         return Ok(());
     }
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
-    )?
-    .execute([endpoint_id])?;
+        params![endpoint_id],
+    )?;
+    if !cached {
+        return Ok(());
+    }
     NOT_FAILING.with(|set| {
         let mut set = set.borrow_mut();
         if set.len() >= 100_000 {
@@ -266,18 +279,21 @@ pub fn mark_not_failing(conn: &Connection, endpoint_id: &str) -> Result<()> {
 }
 
 /// Starts an endpoint's failure clock at `now` unless it is running.
-pub fn mark_failing(conn: &Connection, endpoint_id: &str, now: Millis) -> Result<()> {
+pub fn mark_failing(conn: &Conn, endpoint_id: &str, now: Millis) -> Result<()> {
     NOT_FAILING.with(|set| set.borrow_mut().remove(endpoint_id));
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE endpoints SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL",
-    )?
-    .execute(params![endpoint_id, now])?;
+        params![endpoint_id, now],
+    )?;
     Ok(())
 }
 
 /// Lists the enabled endpoints of an application for fan-out, from the cache
 /// of this thread when it has them.
-pub fn list_enabled_cached(conn: &Connection, app_id: &str) -> Result<std::rc::Rc<[Endpoint]>> {
+pub fn list_enabled_cached(conn: &Conn, app_id: &str) -> Result<std::rc::Rc<[Endpoint]>> {
+    if conn.dialect() != Dialect::Sqlite {
+        return Ok(list_enabled(conn, app_id)?.into());
+    }
     if let Some(found) = FAN_OUT_CACHE.with(|cache| cache.borrow().get(app_id).cloned()) {
         return Ok(found);
     }
@@ -293,30 +309,32 @@ pub fn list_enabled_cached(conn: &Connection, app_id: &str) -> Result<std::rc::R
 }
 
 /// Lists every enabled endpoint of an application.
-pub fn list_enabled(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT {SELECT_COLUMNS} FROM endpoints WHERE app_id = ?1 AND disabled = 0 ORDER BY id"
-    ))?;
-    let rows = statement.query_map([app_id], from_row)?;
-    rows.map(|row| finish(row?)).collect()
+pub fn list_enabled(conn: &Conn, app_id: &str) -> Result<Vec<Endpoint>> {
+    conn.query_map(
+        &format!("SELECT {COLUMNS} FROM endpoints WHERE app_id = ?1 AND disabled = 0 ORDER BY id"),
+        params![app_id],
+        |row| finish(conn.cipher(), from_row(row)?),
+    )
 }
 
 /// Checks every stored secret against the key at start. With a key, seals
 /// the secrets still stored as plaintext and returns how many endpoints it
 /// changed. Fails when a sealed secret does not open: there is no key, or it
 /// is not the key the secret was sealed with.
-pub fn seal_secrets(conn: &Connection, cipher: Option<&Cipher>) -> Result<usize> {
-    let mut statement = conn.prepare("SELECT id, secret, previous_secrets FROM endpoints")?;
-    let rows = statement.query_map([], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-        ))
-    })?;
+pub fn seal_secrets(conn: &Conn, cipher: Option<&Cipher>) -> Result<usize> {
+    let rows = conn.query_map(
+        "SELECT id, secret, previous_secrets FROM endpoints",
+        params![],
+        |row| {
+            Ok((
+                row.get::<String>(0)?,
+                row.get::<String>(1)?,
+                row.get::<String>(2)?,
+            ))
+        },
+    )?;
     let mut sealed = 0;
-    for row in rows {
-        let (id, stored_secret, stored_previous) = row?;
+    for (id, stored_secret, stored_previous) in rows {
         let secret_context = encryption::context("endpoints.secret", &id);
         let previous_context = encryption::context("endpoints.previous_secrets", &id);
         let secret = encryption::open(cipher, &stored_secret, &secret_context)?;
@@ -341,14 +359,14 @@ pub fn seal_secrets(conn: &Connection, cipher: Option<&Cipher>) -> Result<usize>
 }
 
 /// Deletes an endpoint and cancels its pending deliveries.
-pub fn delete(conn: &Connection, id: &str, now: Millis) -> Result<bool> {
+pub fn delete(conn: &Conn, id: &str, now: Millis) -> Result<bool> {
     clear_writer_caches();
     super::deliveries::cancel_pending_for_endpoint(conn, id, now)?;
-    Ok(conn.execute("DELETE FROM endpoints WHERE id = ?1", [id])? > 0)
+    Ok(conn.execute("DELETE FROM endpoints WHERE id = ?1", params![id])? > 0)
 }
 
 /// Disables an endpoint (after a 410 Gone) and cancels its pending deliveries.
-pub fn disable(conn: &Connection, id: &str, now: Millis) -> Result<()> {
+pub fn disable(conn: &Conn, id: &str, now: Millis) -> Result<()> {
     clear_writer_caches();
     conn.execute(
         "UPDATE endpoints SET disabled = 1, updated_at = ?2 WHERE id = ?1",

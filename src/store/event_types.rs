@@ -1,6 +1,6 @@
 //! Event types: the names of the kinds of events an application can receive.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::{from_json, to_json, PageRequest, Result, StoreError};
 use crate::model::EventType;
@@ -10,7 +10,7 @@ const COLUMNS: &str =
 
 type RawRow = (EventType, Option<String>, Option<String>);
 
-fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
+fn from_row(row: &Row) -> Result<RawRow> {
     Ok((
         EventType {
             name: row.get(0)?,
@@ -39,14 +39,17 @@ fn finish((mut event_type, schemas, flags): RawRow) -> Result<EventType> {
 }
 
 /// Inserts or, with `replace`, overwrites an event type.
-pub fn save(conn: &Connection, event_type: &EventType, replace: bool) -> Result<()> {
-    let verb = if replace {
-        "INSERT OR REPLACE"
+pub fn save(conn: &Conn, event_type: &EventType, replace: bool) -> Result<()> {
+    let on_conflict = if replace {
+        " ON CONFLICT (name) DO UPDATE SET description = excluded.description, \
+         archived = excluded.archived, deprecated = excluded.deprecated, schemas = excluded.schemas, \
+         group_name = excluded.group_name, feature_flags = excluded.feature_flags, \
+         created_at = excluded.created_at, updated_at = excluded.updated_at"
     } else {
-        "INSERT"
+        ""
     };
     conn.execute(
-        &format!("{verb} INTO event_types ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        &format!("INSERT INTO event_types ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9){on_conflict}"),
         params![
             event_type.name,
             event_type.description,
@@ -63,12 +66,12 @@ pub fn save(conn: &Connection, event_type: &EventType, replace: bool) -> Result<
     Ok(())
 }
 
-pub fn get(conn: &Connection, name: &str) -> Result<Option<EventType>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM event_types WHERE name = ?1"
-    ))?
-    .query_row([name], from_row)
-    .optional()?
+pub fn get(conn: &Conn, name: &str) -> Result<Option<EventType>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM event_types WHERE name = ?1"),
+        params![name],
+        from_row,
+    )?
     .map(finish)
     .transpose()
 }
@@ -76,7 +79,7 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<EventType>> {
 /// Lists event types by name. With `granted_flags`, only those whose every
 /// feature flag is in that list are returned.
 pub fn list(
-    conn: &Connection,
+    conn: &Conn,
     page: &PageRequest,
     include_archived: bool,
     granted_flags: Option<&[String]>,
@@ -88,21 +91,21 @@ pub fn list(
         "AND archived = 0"
     };
     let flags = if granted_flags.is_some() {
-        "AND NOT EXISTS (SELECT 1 FROM json_each(event_types.feature_flags) AS required \
-         WHERE required.value NOT IN (SELECT value FROM json_each(?2)))"
+        format!(
+            "AND NOT EXISTS (SELECT 1 FROM {} WHERE required.value NOT IN (SELECT granted.value FROM {}))",
+            conn.json_each("event_types.feature_flags", "required"),
+            conn.json_each("CAST(?2 AS TEXT)", "granted"),
+        )
     } else {
-        "AND ?2 IS NULL"
+        "AND CAST(?2 AS TEXT) IS NULL".to_owned()
     };
-    let mut statement = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM event_types WHERE {condition} {archived} {flags} {order}"
-    ))?;
-    let rows = statement.query_map(
+    conn.query_map(
+        &format!("SELECT {COLUMNS} FROM event_types WHERE {condition} {archived} {flags} {order}"),
         params![page.iterator, granted_flags.map(|flags| to_json(&flags))],
-        from_row,
-    )?;
-    rows.map(|row| finish(row?)).collect()
+        |row| finish(from_row(row)?),
+    )
 }
 
-pub fn delete(conn: &Connection, name: &str) -> Result<bool> {
-    Ok(conn.execute("DELETE FROM event_types WHERE name = ?1", [name])? > 0)
+pub fn delete(conn: &Conn, name: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM event_types WHERE name = ?1", params![name])? > 0)
 }

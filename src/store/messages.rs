@@ -1,6 +1,6 @@
 //! Messages, and their fan-out into one delivery per matching endpoint.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::{from_json, to_json, PageRequest, Result};
 use crate::model::{ids, DeliveryStatus, Message, Millis, Trigger};
@@ -10,7 +10,7 @@ pub(crate) const COLUMNS: &str =
 
 pub(crate) type RawRow = (Message, Option<String>, Option<String>);
 
-pub(crate) fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
+pub(crate) fn from_row(row: &Row) -> Result<RawRow> {
     Ok((
         Message {
             id: row.get(0)?,
@@ -55,7 +55,7 @@ pub struct Created {
 /// Stores a message and one pending delivery per enabled endpoint whose
 /// filters match it, in the caller's transaction. A message whose `event_id`
 /// the application already used is not stored again: the earlier one is returned.
-pub fn create(conn: &Connection, message: Message) -> Result<Created> {
+pub fn create(conn: &Conn, message: Message) -> Result<Created> {
     if let Some(event_id) = &message.event_id {
         if let Some(existing) = get_by_event_id(conn, &message.app_id, event_id)? {
             return Ok(Created {
@@ -97,7 +97,7 @@ pub fn create(conn: &Connection, message: Message) -> Result<Created> {
 /// other endpoints, in the caller's transaction. Unlike [`create`], it does not look for an
 /// earlier message with the same `event_id`.
 pub fn create_for_endpoint(
-    conn: &Connection,
+    conn: &Conn,
     message: &Message,
     endpoint_id: &str,
 ) -> Result<NewDelivery> {
@@ -116,42 +116,41 @@ pub fn create_for_endpoint(
     })
 }
 
-fn insert(conn: &Connection, message: &Message) -> Result<()> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-    ))?
-    .execute(params![
-        message.id,
-        message.app_id,
-        message.event_type,
-        message.event_id,
-        message.channels.as_ref().map(to_json),
-        message.tags.as_ref().map(to_json),
-        message.payload,
-        message.created_at
-    ])?;
+fn insert(conn: &Conn, message: &Message) -> Result<()> {
+    conn.execute(
+        &format!("INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            message.id,
+            message.app_id,
+            message.event_type,
+            message.event_id,
+            message.channels.as_ref().map(to_json),
+            message.tags.as_ref().map(to_json),
+            message.payload,
+            message.created_at
+        ],
+    )?;
     Ok(())
 }
 
-fn get_by_event_id(conn: &Connection, app_id: &str, event_id: &str) -> Result<Option<Message>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM messages WHERE app_id = ?1 AND event_id = ?2"
-    ))?
-    .query_row([app_id, event_id], from_row)
-    .optional()?
+fn get_by_event_id(conn: &Conn, app_id: &str, event_id: &str) -> Result<Option<Message>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM messages WHERE app_id = ?1 AND event_id = ?2"),
+        params![app_id, event_id],
+        from_row,
+    )?
     .map(finish)
     .transpose()
 }
 
 /// Finds a message of an application by its id or, failing that, by its `event_id`.
-pub fn get(conn: &Connection, app_id: &str, id_or_event_id: &str) -> Result<Option<Message>> {
+pub fn get(conn: &Conn, app_id: &str, id_or_event_id: &str) -> Result<Option<Message>> {
     if ids::has_prefix(id_or_event_id, ids::MESSAGE) {
-        let found = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM messages WHERE app_id = ?1 AND id = ?2"
-            ))?
-            .query_row([app_id, id_or_event_id], from_row)
-            .optional()?;
+        let found = conn.query_opt(
+            &format!("SELECT {COLUMNS} FROM messages WHERE app_id = ?1 AND id = ?2"),
+            params![app_id, id_or_event_id],
+            from_row,
+        )?;
         if let Some(found) = found {
             return finish(found).map(Some);
         }
@@ -169,31 +168,32 @@ pub struct MessageFilter {
 }
 
 pub fn list(
-    conn: &Connection,
+    conn: &Conn,
     app_id: &str,
     page: &PageRequest,
     filter: &MessageFilter,
 ) -> Result<Vec<Message>> {
     let (condition, order) = page.clause("id", 2);
     let mut sql = format!("SELECT {COLUMNS} FROM messages WHERE app_id = ?1 AND {condition}");
-    append_filter(&mut sql, filter);
+    append_filter(conn, &mut sql, filter);
     sql.push(' ');
     sql.push_str(&order);
-    let mut statement = conn.prepare(&sql)?;
-    let rows = statement.query_map(params![app_id, page.iterator], from_row)?;
-    rows.map(|row| finish(row?)).collect()
+    conn.query_map(&sql, params![app_id, page.iterator], |row| {
+        finish(from_row(row)?)
+    })
 }
 
 /// Appends the filter's conditions. Values are inlined only after being
 /// escaped as SQL string literals or formatted as integers.
-fn append_filter(sql: &mut String, filter: &MessageFilter) {
+fn append_filter(conn: &Conn, sql: &mut String, filter: &MessageFilter) {
     if let Some(types) = &filter.event_types {
         let quoted: Vec<String> = types.iter().map(|t| quote(t)).collect();
         sql.push_str(&format!(" AND event_type IN ({})", quoted.join(", ")));
     }
     if let Some(channel) = &filter.channel {
         sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM json_each(messages.channels) WHERE value = {})",
+            " AND EXISTS (SELECT 1 FROM {} WHERE channel.value = {})",
+            conn.json_each("messages.channels", "channel"),
             quote(channel)
         ));
     }
@@ -211,8 +211,11 @@ pub(crate) fn quote(value: &str) -> String {
 }
 
 /// Removes a message's payload, keeping its metadata and attempts.
-pub fn expunge_payload(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn.execute("UPDATE messages SET payload = NULL WHERE id = ?1", [id])? > 0)
+pub fn expunge_payload(conn: &Conn, id: &str) -> Result<bool> {
+    Ok(conn.execute(
+        "UPDATE messages SET payload = NULL WHERE id = ?1",
+        params![id],
+    )? > 0)
 }
 
 /// The state of a message's newest delivery to one endpoint.
@@ -226,22 +229,17 @@ pub struct EndpointStatus {
 
 /// Returns the status of the newest delivery of a message to each endpoint
 /// it has a delivery for, in endpoint id order.
-pub fn status_by_endpoint(conn: &Connection, msg_id: &str) -> Result<Vec<EndpointStatus>> {
-    let mut statement = conn.prepare(
+pub fn status_by_endpoint(conn: &Conn, msg_id: &str) -> Result<Vec<EndpointStatus>> {
+    conn.query_map(
         "SELECT endpoint_id, status, attempts, next_attempt_at FROM deliveries d
          WHERE msg_id = ?1 AND id = (SELECT MAX(id) FROM deliveries WHERE msg_id = d.msg_id AND endpoint_id = d.endpoint_id)
          ORDER BY endpoint_id",
-    )?;
-    let rows = statement.query_map([msg_id], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, u32>(2)?,
-            row.get(3)?,
-        ))
-    })?;
-    rows.map(|row| {
-        let (endpoint_id, status, attempts, next_attempt_at) = row?;
+        params![msg_id],
+        |row| {
+        let endpoint_id: String = row.get(0)?;
+        let status: i64 = row.get(1)?;
+        let attempts: u32 = row.get(2)?;
+        let next_attempt_at: Option<Millis> = row.get(3)?;
         let status = DeliveryStatus::from_code(status)
             .ok_or_else(|| super::StoreError::Corrupt(format!("delivery status {status}")))?;
         Ok(EndpointStatus {
@@ -251,5 +249,4 @@ pub fn status_by_endpoint(conn: &Connection, msg_id: &str) -> Result<Vec<Endpoin
             next_attempt_at,
         })
     })
-    .collect()
 }

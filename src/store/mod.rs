@@ -1,16 +1,20 @@
-//! The embedded store: one SQLite file in WAL mode.
+//! The store: an embedded SQLite file in WAL mode (the default), or a
+//! PostgreSQL database that several hookd nodes share.
 //!
-//! All writes go through one writer thread that batches the jobs waiting in
-//! its queue into a single transaction (a group commit), so one fsync covers
-//! many API calls. Each job runs inside its own savepoint: a job that fails is
-//! rolled back alone and the others in the batch still commit. A caller gets
-//! its result only after the commit that contains its job is durable.
+//! All writes of a process go through one writer thread that batches the
+//! jobs waiting in its queue into a single transaction (a group commit), so
+//! one commit covers many API calls. Each job runs inside its own savepoint:
+//! a job that fails is rolled back alone and the others in the batch still
+//! commit. A caller gets its result only after the commit that contains its
+//! job is durable.
 //!
-//! Reads run on a small pool of read-only connections, which WAL mode lets
-//! proceed while the writer commits.
+//! Reads run on a small pool of connections: read-only ones for SQLite,
+//! which WAL mode lets proceed while the writer commits, and ordinary ones
+//! for PostgreSQL.
 //!
-//! The operations themselves are plain functions over a `rusqlite::Connection`
-//! in the submodules, called inside [`Store::read`] and [`Store::write`].
+//! The operations themselves are plain functions over a [`Conn`] in the
+//! submodules, called inside [`Store::read`] and [`Store::write`]. They are
+//! written once for both databases (see [`sql`]).
 
 pub mod app_tokens;
 pub mod applications;
@@ -25,16 +29,20 @@ pub mod operational;
 pub mod poller;
 pub mod retention;
 mod schema;
+pub(crate) mod schema_postgres;
 pub mod settings;
+pub mod sql;
 pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
+
+pub use sql::{Conn, Dialect};
 
 use crate::telemetry::metric;
 
@@ -43,12 +51,16 @@ const MAX_BATCH_JOBS: usize = 2048;
 /// Blocking reads running at once at most; further ones wait their turn
 /// instead of opening more connections and blocking more threads.
 const MAX_READERS: usize = 8;
+/// How long a connection attempt to PostgreSQL may take.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failure of a store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] postgres::Error),
     /// A unique value is already taken; the string names the field.
     #[error("{0} is already in use")]
     Conflict(String),
@@ -67,22 +79,139 @@ pub enum StoreError {
 
 impl StoreError {
     /// Maps a unique-constraint violation to [`StoreError::Conflict`] naming `field`.
-    pub fn conflict_on(err: rusqlite::Error, field: &str) -> Self {
+    pub fn conflict_on(err: StoreError, field: &str) -> Self {
         match &err {
-            rusqlite::Error::SqliteFailure(code, _)
+            Self::Sqlite(rusqlite::Error::SqliteFailure(code, _))
                 if code.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
                 Self::Conflict(field.to_owned())
             }
-            _ => Self::Sqlite(err),
+            Self::Postgres(pg)
+                if pg.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) =>
+            {
+                Self::Conflict(field.to_owned())
+            }
+            _ => err,
+        }
+    }
+
+    /// True when the failure is the database being out of reach, or a
+    /// transient conflict with another node, so the same request may
+    /// succeed when tried again.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Closed | Self::Unavailable => true,
+            Self::Postgres(err) => {
+                if err.is_closed() {
+                    return true;
+                }
+                let Some(code) = err.code() else {
+                    // No SQL state: the connection or its I/O failed.
+                    return true;
+                };
+                use postgres::error::SqlState;
+                code.code().starts_with("08")
+                    || code.code().starts_with("57P")
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::LOCK_NOT_AVAILABLE
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+            }
+            _ => false,
         }
     }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Where the store keeps its data.
+#[derive(Clone)]
+pub enum Database {
+    /// A SQLite file, `hookd.sqlite3` in this folder.
+    Sqlite { data_dir: PathBuf },
+    /// A PostgreSQL database, by its `postgres://` URL.
+    Postgres { url: String },
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Database {
+    /// Names the database for messages, without the password of a URL.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite { data_dir } => data_dir.join(SQLITE_FILE).display().to_string(),
+            Self::Postgres { url } => redact_url(url),
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::Sqlite { .. } => Dialect::Sqlite,
+            Self::Postgres { .. } => Dialect::Postgres,
+        }
+    }
+
+    fn open_error(&self, message: impl Into<String>) -> StoreError {
+        StoreError::Open {
+            path: PathBuf::from(self.describe()),
+            message: message.into(),
+        }
+    }
+
+    /// Opens a new connection: for SQLite, a read-only one when `read_only`.
+    fn connect(&self, read_only: bool, cipher: Option<Arc<encryption::Cipher>>) -> Result<Conn> {
+        match self {
+            Self::Sqlite { data_dir } => Ok(Conn::sqlite(
+                open_sqlite(&data_dir.join(SQLITE_FILE), read_only)?,
+                cipher,
+            )),
+            Self::Postgres { url } => Ok(Conn::postgres(connect_postgres(url)?, cipher)),
+        }
+    }
+}
+
+/// Connects to PostgreSQL with hookd's connection settings.
+pub(crate) fn connect_postgres(url: &str) -> Result<postgres::Client> {
+    let mut config: postgres::Config = url.parse().map_err(|err| StoreError::Open {
+        path: PathBuf::from(redact_url(url)),
+        message: format!("invalid PostgreSQL URL: {err}"),
+    })?;
+    config
+        .connect_timeout(PG_CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    if config.get_application_name().is_none() {
+        config.application_name("hookd");
+    }
+    config
+        .connect(postgres::NoTls)
+        .map_err(|err| StoreError::Open {
+            path: PathBuf::from(redact_url(url)),
+            message: err.to_string(),
+        })
+}
+
+/// Replaces the password in a database URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(an invalid URL)".to_owned(),
+    }
+}
+
+/// Name of the SQLite file in the data folder.
+const SQLITE_FILE: &str = "hookd.sqlite3";
+
 type Reply = Box<dyn FnOnce(Result<(), Arc<String>>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+type Job = Box<dyn FnOnce(&Conn) -> Reply + Send>;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -91,21 +220,21 @@ pub struct Store {
 }
 
 struct Inner {
-    path: PathBuf,
+    database: Database,
     /// Seals and opens endpoint secrets; `None` stores them as plaintext.
     cipher: Option<Arc<encryption::Cipher>>,
     /// Queue of the writer thread; dropping the last sender stops the thread.
     writer: Mutex<Option<std_mpsc::Sender<Job>>>,
-    /// Idle read-only connections.
-    readers: Mutex<Vec<Connection>>,
+    /// Idle reading connections.
+    readers: Mutex<Vec<Conn>>,
     /// One permit per read that may run at once.
     read_permits: tokio::sync::Semaphore,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Inner {
-    /// Runs `f` on an idle read-only connection, opening one when none is idle.
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    /// Runs `f` on an idle reading connection, opening one when none is idle.
+    fn with_reader<T>(&self, f: impl FnOnce(&Conn) -> Result<T>) -> Result<T> {
         let idle = self
             .readers
             .lock()
@@ -113,66 +242,105 @@ impl Inner {
             .pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => open_connection(&self.path, true, self.cipher.clone())?,
+            None => self
+                .database
+                .connect(true, self.cipher.clone())
+                .map_err(|err| match self.database {
+                    // The server is out of reach: the caller may try again.
+                    Database::Postgres { .. } => {
+                        tracing::warn!(error = %err, "cannot open a database connection for a read");
+                        StoreError::Unavailable
+                    }
+                    Database::Sqlite { .. } => err,
+                })?,
         };
         let result = f(&conn);
-        self.readers
-            .lock()
-            .expect("reader pool lock is never poisoned")
-            .push(conn);
+        // A connection the server dropped is not reused; the next read opens a new one.
+        if !conn.is_broken() {
+            self.readers
+                .lock()
+                .expect("reader pool lock is never poisoned")
+                .push(conn);
+        }
         result
     }
 }
 
 impl Store {
-    /// Opens (and creates or migrates) the database in `data_dir`, with
-    /// endpoint secrets stored as plaintext.
+    /// Opens (and creates or migrates) the SQLite database in `data_dir`,
+    /// with endpoint secrets stored as plaintext.
     pub fn open(data_dir: &Path) -> Result<Self> {
         Self::open_with_key(data_dir, None)
     }
 
-    /// Opens (and creates or migrates) the database in `data_dir`. With a
-    /// key, endpoint secrets are stored encrypted, and those still stored as
-    /// plaintext are encrypted now. Fails with [`StoreError::Decrypt`] when a
-    /// stored secret is encrypted and `key` is missing or not its key.
+    /// Opens (and creates or migrates) the SQLite database in `data_dir`.
+    /// See [`Store::open_database`].
     pub fn open_with_key(data_dir: &Path, key: Option<&encryption::EncryptionKey>) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|err| StoreError::Open {
-            path: data_dir.to_owned(),
-            message: err.to_string(),
-        })?;
-        let path = data_dir.join("hookd.sqlite3");
+        Self::open_database(
+            &Database::Sqlite {
+                data_dir: data_dir.to_owned(),
+            },
+            key,
+        )
+    }
+
+    /// Opens (and creates or migrates) the database. With a key, endpoint
+    /// secrets are stored encrypted, and those still stored as plaintext are
+    /// encrypted now. Fails with [`StoreError::Decrypt`] when a stored secret
+    /// is encrypted and `key` is missing or not its key.
+    pub fn open_database(
+        database: &Database,
+        key: Option<&encryption::EncryptionKey>,
+    ) -> Result<Self> {
         let cipher = key.map(|key| Arc::new(encryption::Cipher::new(key)));
-        let conn = open_connection(&path, false, cipher.clone())?;
-        schema::migrate(&conn)?;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        match endpoints::seal_secrets(&conn, cipher.as_deref()) {
-            Ok(sealed) => {
-                conn.execute_batch("COMMIT")?;
-                if sealed > 0 {
-                    tracing::info!(
-                        endpoints = sealed,
-                        "encrypted the plaintext endpoint secrets"
-                    );
+        let conn = match database {
+            Database::Sqlite { data_dir } => {
+                std::fs::create_dir_all(data_dir)
+                    .map_err(|err| database.open_error(err.to_string()))?;
+                let conn = open_sqlite(&data_dir.join(SQLITE_FILE), false)?;
+                schema::migrate(&conn)?;
+                Conn::sqlite(conn, cipher.clone())
+            }
+            Database::Postgres { url } => {
+                let client = off_runtime(|| {
+                    let mut client = connect_postgres(url)?;
+                    schema_postgres::migrate(&mut client, None)?;
+                    Ok::<_, StoreError>(client)
+                })?;
+                Conn::postgres(client, cipher.clone())
+            }
+        };
+        let conn = off_runtime(move || {
+            conn.execute_batch(begin_statement(database.dialect()))?;
+            match endpoints::seal_secrets(&conn, conn.cipher()) {
+                Ok(sealed) => {
+                    conn.execute_batch("COMMIT")?;
+                    if sealed > 0 {
+                        tracing::info!(
+                            endpoints = sealed,
+                            "encrypted the plaintext endpoint secrets"
+                        );
+                    }
+                    Ok(conn)
+                }
+                Err(err) => {
+                    conn.execute_batch("ROLLBACK")?;
+                    Err(err)
                 }
             }
-            Err(err) => {
-                conn.execute_batch("ROLLBACK")?;
-                return Err(err);
-            }
-        }
+        })?;
 
         let (sender, receiver) = std_mpsc::channel::<Job>();
+        let writer_database = database.clone();
+        let writer_cipher = cipher.clone();
         let thread = std::thread::Builder::new()
             .name("hookd-store-writer".into())
-            .spawn(move || run_writer(conn, receiver))
-            .map_err(|err| StoreError::Open {
-                path: path.clone(),
-                message: format!("cannot start the writer thread: {err}"),
-            })?;
+            .spawn(move || run_writer(conn, writer_database, writer_cipher, receiver))
+            .map_err(|err| database.open_error(format!("cannot start the writer thread: {err}")))?;
 
         Ok(Self {
             inner: Arc::new(Inner {
-                path,
+                database: database.clone(),
                 cipher,
                 writer: Mutex::new(Some(sender)),
                 readers: Mutex::new(Vec::new()),
@@ -182,9 +350,13 @@ impl Store {
         })
     }
 
-    /// Path of the SQLite file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// The database this store writes to.
+    pub fn database(&self) -> &Database {
+        &self.inner.database
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.inner.database.dialect()
     }
 
     /// Runs `f` in the next group commit and returns its result once that
@@ -192,15 +364,16 @@ impl Store {
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
     {
         let (reply_to, reply) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |conn: &Connection| {
+        let job: Job = Box::new(move |conn: &Conn| {
             let outcome = run_in_savepoint(conn, f);
             Box::new(move |commit: Result<(), Arc<String>>| {
                 let result = match commit {
                     Ok(()) => outcome,
-                    Err(message) => Err(StoreError::Corrupt(format!("commit failed: {message}"))),
+                    // The commit's error is logged once by the writer.
+                    Err(_) => Err(StoreError::Unavailable),
                 };
                 let _ = reply_to.send(result);
             })
@@ -219,24 +392,30 @@ impl Store {
         reply.await.map_err(|_| StoreError::Unavailable)?
     }
 
-    /// Runs `f` on a read-only connection, on the calling thread.
+    /// Runs `f` on a reading connection.
     ///
-    /// For point lookups and short pages, which take microseconds: handing
-    /// them to another thread would cost more than running them. Use
-    /// [`Store::read_blocking`] for scans that may take long.
+    /// For point lookups and short pages. On SQLite they take microseconds
+    /// and run on the calling thread, because handing them to another thread
+    /// would cost more than running them. On PostgreSQL they wait for the
+    /// server, so they run on the blocking thread pool like
+    /// [`Store::read_blocking`], which is meant for scans that may take long.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&Connection) -> Result<T>,
+        T: Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
     {
-        self.inner.with_reader(f)
+        match self.inner.database {
+            Database::Sqlite { .. } => self.inner.with_reader(f),
+            Database::Postgres { .. } => self.read_blocking(f).await,
+        }
     }
 
-    /// Runs `f` on a read-only connection on the blocking thread pool, for
+    /// Runs `f` on a reading connection on the blocking thread pool, for
     /// scans that may take long enough to stall other tasks.
     pub async fn read_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
     {
         let permit = self
             .inner
@@ -271,11 +450,46 @@ impl Store {
     }
 }
 
-fn open_connection(
-    path: &Path,
-    read_only: bool,
-    cipher: Option<Arc<encryption::Cipher>>,
-) -> Result<Connection> {
+/// Applies the migrations a database has not seen yet and returns its
+/// schema version, without starting a store.
+pub fn migrate(database: &Database) -> Result<usize> {
+    match database {
+        Database::Sqlite { data_dir } => {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|err| database.open_error(err.to_string()))?;
+            let conn = open_sqlite(&data_dir.join(SQLITE_FILE), false)?;
+            schema::migrate(&conn)?;
+            schema::version(&conn)
+        }
+        Database::Postgres { url } => off_runtime(|| {
+            let mut client = connect_postgres(url)?;
+            schema_postgres::migrate(&mut client, None)
+        }),
+    }
+}
+
+/// Runs `f` on a thread of its own and waits for it. The synchronous
+/// PostgreSQL client runs a runtime of its own, which cannot block a thread
+/// that drives async tasks, and the store is opened from such threads.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn begin_statement(dialect: Dialect) -> &'static str {
+    match dialect {
+        // IMMEDIATE takes the write lock at once, so the transaction never
+        // fails later for want of it.
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    }
+}
+
+fn open_sqlite(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -301,36 +515,66 @@ fn open_connection(
     // indexes of every table, readers mostly one row at a time.
     let cache_kib = if read_only { 4_000 } else { 16_000 };
     conn.pragma_update(None, "cache_size", -cache_kib)?;
-    encryption::register_functions(&conn, cipher)?;
     Ok(conn)
 }
 
-fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+fn run_in_savepoint<T>(conn: &Conn, f: impl FnOnce(&Conn) -> Result<T>) -> Result<T> {
     // Cached statements: parsing these two for every job was a measurable
-    // share of the writer's time.
-    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
+    // share of the SQLite writer's time.
+    conn.execute("SAVEPOINT job", sql::params![])?;
     let outcome = f(conn);
     match &outcome {
         Ok(_) => {
-            conn.prepare_cached("RELEASE job")?.execute([])?;
+            conn.execute("RELEASE SAVEPOINT job", sql::params![])?;
         }
         Err(_) => {
             // The job may have cached rows it wrote and now rolls back.
             endpoints::clear_writer_caches();
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")?
+            conn.execute_batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?
         }
     }
     outcome
 }
 
+/// Minimum time between two attempts of the writer to reconnect to PostgreSQL.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Runs the writer thread: takes every queued job into one transaction,
-/// commits, then sends each job's result to its caller.
-fn run_writer(conn: Connection, jobs: std_mpsc::Receiver<Job>) {
+/// commits, then sends each job's result to its caller. On PostgreSQL it
+/// reconnects when the server dropped the connection.
+fn run_writer(
+    mut conn: Conn,
+    database: Database,
+    cipher: Option<Arc<encryption::Cipher>>,
+    jobs: std_mpsc::Receiver<Job>,
+) {
+    let begin = begin_statement(database.dialect());
+    let mut last_reconnect: Option<Instant> = None;
     while let Ok(first) = jobs.recv() {
+        if conn.is_broken() {
+            let wait = last_reconnect
+                .map(|at| RECONNECT_INTERVAL.saturating_sub(at.elapsed()))
+                .unwrap_or_default();
+            std::thread::sleep(wait);
+            last_reconnect = Some(Instant::now());
+            match database.connect(false, cipher.clone()) {
+                Ok(fresh) => {
+                    tracing::info!(database = %database.describe(), "the store writer reconnected to the database");
+                    conn = fresh;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "the database is out of reach; the write is rejected");
+                    metrics::counter!(metric::STORE_ERRORS, "operation" => "connect").increment(1);
+                    drop(first);
+                    continue;
+                }
+            }
+        }
+
         let started = Instant::now();
         let mut replies: Vec<Reply> = Vec::new();
 
-        if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(err) = conn.execute_batch(begin) {
             // Dropping the job drops its reply channel, so its caller gets
             // `StoreError::Unavailable`.
             tracing::error!(error = %err, "cannot begin a transaction; the write is rejected");
@@ -398,7 +642,8 @@ impl PageRequest {
         };
         let condition = match self.iterator {
             Some(_) => format!("{column} {cmp} ?{placeholder}"),
-            None => format!("?{placeholder} IS NULL"),
+            // The cast tells PostgreSQL the type of an otherwise unused parameter.
+            None => format!("CAST(?{placeholder} AS TEXT) IS NULL"),
         };
         (
             condition,

@@ -7,7 +7,7 @@
 //! other message. Events about the internal application's own deliveries are
 //! not reported, so a failing operational URL cannot feed itself.
 
-use rusqlite::Connection;
+use super::sql::Conn;
 use serde_json::json;
 
 use super::messages::{self, NewDelivery};
@@ -27,12 +27,7 @@ pub const FAILING_AFTER_ATTEMPTS: u32 = 4;
 
 /// Makes the internal application's endpoints match the configured URLs and
 /// secret. Returns the application id, or `None` when no URL is configured.
-pub fn sync(
-    conn: &Connection,
-    urls: &[String],
-    secret: &str,
-    now: Millis,
-) -> Result<Option<String>> {
+pub fn sync(conn: &Conn, urls: &[String], secret: &str, now: Millis) -> Result<Option<String>> {
     let existing = super::applications::get(conn, APPLICATION_UID)?;
     if urls.is_empty() {
         if let Some(app) = existing {
@@ -114,7 +109,7 @@ pub fn sync(
 
 /// Stores one operational event as a message of the internal application.
 pub fn emit(
-    conn: &Connection,
+    conn: &Conn,
     operational_app_id: &str,
     event_type: &str,
     data: serde_json::Value,
@@ -142,7 +137,7 @@ pub fn emit(
 
 /// Builds the `data` of an event about an endpoint.
 pub fn endpoint_data(
-    conn: &Connection,
+    conn: &Conn,
     endpoint: &Endpoint,
     fail_since: Option<Millis>,
 ) -> Result<serde_json::Value> {

@@ -2,7 +2,7 @@
 //! its application that the endpoint's filters accept, in creation order,
 //! and the stored position of each named consumer.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{params, Conn};
 
 use super::messages::{finish, from_row, COLUMNS};
 use super::Result;
@@ -34,44 +34,49 @@ pub struct Page {
 /// string that sorts before the first id to start at the beginning) that
 /// `endpoint` accepts.
 pub fn page(
-    conn: &Connection,
+    conn: &Conn,
     endpoint: &Endpoint,
     iterator: &str,
     limit: usize,
     filters: &Filters,
 ) -> Result<Page> {
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM messages WHERE app_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-    ))?;
-    let mut rows = statement.query(params![endpoint.app_id, iterator, MAX_ROWS_READ as i64])?;
     let mut messages = Vec::new();
     let mut position = iterator.to_owned();
     let mut rows_read = 0;
-    while let Some(row) = rows.next()? {
-        rows_read += 1;
-        let message = finish(from_row(row)?)?;
-        position.clone_from(&message.id);
-        let channels = message.channels.as_deref();
-        let wanted = endpoint.accepts(&message.event_type, channels)
-            && filters
-                .event_type
-                .as_ref()
-                .is_none_or(|t| *t == message.event_type)
-            && filters
-                .channel
-                .as_ref()
-                .is_none_or(|c| channels.is_some_and(|list| list.contains(c)));
-        if wanted {
-            messages.push(message);
-            if messages.len() == limit {
-                // More may follow, so the page is not done.
-                return Ok(Page {
-                    messages,
-                    iterator: position,
-                    done: false,
-                });
+    let mut filled = false;
+    conn.query_while(
+        &format!(
+            "SELECT {COLUMNS} FROM messages WHERE app_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+        ),
+        params![endpoint.app_id, iterator, MAX_ROWS_READ as i64],
+        |row| {
+            rows_read += 1;
+            let message = finish(from_row(row)?)?;
+            position.clone_from(&message.id);
+            let channels = message.channels.as_deref();
+            let wanted = endpoint.accepts(&message.event_type, channels)
+                && filters
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| *t == message.event_type)
+                && filters
+                    .channel
+                    .as_ref()
+                    .is_none_or(|c| channels.is_some_and(|list| list.contains(c)));
+            if wanted {
+                messages.push(message);
+                // More may follow a full page, so it is not done.
+                filled = messages.len() == limit;
             }
-        }
+            Ok(!filled)
+        },
+    )?;
+    if filled {
+        return Ok(Page {
+            messages,
+            iterator: position,
+            done: false,
+        });
     }
     Ok(Page {
         messages,
@@ -82,31 +87,30 @@ pub fn page(
 
 /// Returns the stored position of a consumer, if it has polled or sought before.
 pub fn consumer_position(
-    conn: &Connection,
+    conn: &Conn,
     endpoint_id: &str,
     consumer_id: &str,
 ) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT iterator FROM poller_consumers WHERE endpoint_id = ?1 AND consumer_id = ?2",
-        )?
-        .query_row([endpoint_id, consumer_id], |row| row.get(0))
-        .optional()?)
+    conn.query_opt(
+        "SELECT iterator FROM poller_consumers WHERE endpoint_id = ?1 AND consumer_id = ?2",
+        params![endpoint_id, consumer_id],
+        |row| row.get(0),
+    )
 }
 
 /// Stores a consumer's position.
 pub fn set_consumer_position(
-    conn: &Connection,
+    conn: &Conn,
     endpoint_id: &str,
     consumer_id: &str,
     iterator: &str,
     now: Millis,
 ) -> Result<()> {
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO poller_consumers (endpoint_id, consumer_id, iterator, updated_at)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (endpoint_id, consumer_id) DO UPDATE SET iterator = ?3, updated_at = ?4",
-    )?
-    .execute(params![endpoint_id, consumer_id, iterator, now])?;
+        params![endpoint_id, consumer_id, iterator, now],
+    )?;
     Ok(())
 }

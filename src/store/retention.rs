@@ -6,7 +6,7 @@
 //! has been handled. A batch reads only rows after it, so the work of a run
 //! grows with what aged since the last run, not with the table.
 
-use rusqlite::{params, Connection};
+use super::sql::{params, Conn};
 
 use super::Result;
 use crate::model::{ids, Millis};
@@ -27,7 +27,7 @@ pub struct Batch {
 }
 
 /// Removes the payloads of up to `limit` messages made before `cutoff`.
-pub fn expunge_messages(conn: &Connection, cutoff: Millis, limit: usize) -> Result<Batch> {
+pub fn expunge_messages(conn: &Conn, cutoff: Millis, limit: usize) -> Result<Batch> {
     expunge_batch(
         conn,
         &Target {
@@ -44,7 +44,7 @@ pub fn expunge_messages(conn: &Connection, cutoff: Millis, limit: usize) -> Resu
 
 /// Replaces the response bodies of up to `limit` attempts made before
 /// `cutoff` with [`EXPUNGED_RESPONSE`]. Empty bodies stay empty.
-pub fn expunge_attempts(conn: &Connection, cutoff: Millis, limit: usize) -> Result<Batch> {
+pub fn expunge_attempts(conn: &Conn, cutoff: Millis, limit: usize) -> Result<Batch> {
     expunge_batch(
         conn,
         &Target {
@@ -67,32 +67,25 @@ struct Target {
     expunge: &'static str,
 }
 
-fn expunge_batch(
-    conn: &Connection,
-    target: &Target,
-    cutoff: Millis,
-    limit: usize,
-) -> Result<Batch> {
+fn expunge_batch(conn: &Conn, target: &Target, cutoff: Millis, limit: usize) -> Result<Batch> {
     // A bare prefix sorts before every id that starts with it.
     let after = super::settings::get(conn, target.watermark)?.unwrap_or_default();
     let through = ids::last_at(target.prefix, cutoff);
     if after.as_str() >= through.as_str() {
         return Ok(Batch::default());
     }
-    let (examined, last): (usize, Option<String>) = conn
-        .prepare_cached(&format!(
-            "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM {} WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3)",
+    let (examined, last): (usize, Option<String>) = conn.query_one(
+        &format!(
+            "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM {} WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3) AS batch",
             target.table
-        ))?
-        .query_row(params![after, through, limit as i64], |row| {
-            Ok((row.get::<_, i64>(0)? as usize, row.get(1)?))
-        })?;
+        ),
+        params![after, through, limit as i64],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
     let Some(last) = last else {
         return Ok(Batch::default());
     };
-    let expunged = conn
-        .prepare_cached(target.expunge)?
-        .execute(params![after, last])?;
+    let expunged = conn.execute(target.expunge, params![after, last])?;
     super::settings::put(conn, target.watermark, &last)?;
     Ok(Batch { examined, expunged })
 }

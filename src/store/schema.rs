@@ -194,3 +194,8 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     }
     Ok(())
 }
+
+/// Returns the number of migrations the database has applied.
+pub fn version(conn: &Connection) -> Result<usize> {
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))? as usize)
+}

@@ -9,7 +9,7 @@
 //! `kill -9`, resumes after the last committed page. It neither skips a
 //! message nor sends one twice.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::messages::NewDelivery;
 use super::{from_json, to_json, PageRequest, Result, StoreError};
@@ -31,7 +31,7 @@ const COLUMNS: &str = "id, kind, app_id, endpoint_id, filter, since, until, curs
 
 type RawRow = (Task, String, String, String);
 
-fn from_row(row: &Row) -> rusqlite::Result<RawRow> {
+fn from_row(row: &Row) -> Result<RawRow> {
     Ok((
         Task {
             id: row.get(0)?,
@@ -65,11 +65,12 @@ fn finish((mut task, kind, filter, status): RawRow) -> Result<Task> {
     Ok(task)
 }
 
-pub fn insert(conn: &Connection, task: &Task) -> Result<()> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO tasks ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-    ))?
-    .execute(params![
+pub fn insert(conn: &Conn, task: &Task) -> Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO tasks ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ),
+        params![
         task.id,
         task.kind.name(),
         task.app_id,
@@ -85,16 +86,19 @@ pub fn insert(conn: &Connection, task: &Task) -> Result<()> {
         task.error,
         task.created_at,
         task.updated_at
-    ])?;
+        ],
+    )?;
     Ok(())
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<Task>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
-        .query_row([id], from_row)
-        .optional()?
-        .map(finish)
-        .transpose()
+pub fn get(conn: &Conn, id: &str) -> Result<Option<Task>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
+        params![id],
+        from_row,
+    )?
+    .map(finish)
+    .transpose()
 }
 
 /// Filters of a task list.
@@ -106,37 +110,36 @@ pub struct TaskListFilter {
     pub app_id: Option<String>,
 }
 
-pub fn list(conn: &Connection, page: &PageRequest, filter: &TaskListFilter) -> Result<Vec<Task>> {
+pub fn list(conn: &Conn, page: &PageRequest, filter: &TaskListFilter) -> Result<Vec<Task>> {
     let (condition, order) = page.clause("id", 1);
-    let mut statement = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM tasks WHERE {condition}
-           AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR kind = ?3)
-           AND (?4 IS NULL OR app_id = ?4) {order}"
-    ))?;
-    let rows = statement.query_map(
+    conn.query_map(
+        &format!(
+            "SELECT {COLUMNS} FROM tasks WHERE {condition}
+               AND (CAST(?2 AS TEXT) IS NULL OR status = ?2) AND (CAST(?3 AS TEXT) IS NULL OR kind = ?3)
+               AND (CAST(?4 AS TEXT) IS NULL OR app_id = ?4) {order}"
+        ),
         params![
             page.iterator,
             filter.status.map(TaskStatus::name),
             filter.kind.map(TaskKind::name),
             filter.app_id
         ],
-        from_row,
-    )?;
-    rows.map(|row| finish(row?)).collect()
+        |row| finish(from_row(row)?),
+    )
 }
 
 /// Running tasks, oldest first, at most `limit`.
-pub fn running(conn: &Connection, limit: usize) -> Result<Vec<Task>> {
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id LIMIT ?1"
-    ))?;
-    let rows = statement.query_map([limit as i64], from_row)?;
-    rows.map(|row| finish(row?)).collect()
+pub fn running(conn: &Conn, limit: usize) -> Result<Vec<Task>> {
+    conn.query_map(
+        &format!("SELECT {COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id LIMIT ?1"),
+        params![limit as i64],
+        |row| finish(from_row(row)?),
+    )
 }
 
 /// Deletes finished and failed tasks last changed before `before`, at most
 /// `limit` of them, and returns how many it deleted.
-pub fn delete_ended_before(conn: &Connection, before: Millis, limit: usize) -> Result<usize> {
+pub fn delete_ended_before(conn: &Conn, before: Millis, limit: usize) -> Result<usize> {
     Ok(conn.execute(
         "DELETE FROM tasks WHERE id IN (
              SELECT id FROM tasks WHERE status != 'running' AND updated_at < ?1 LIMIT ?2)",
@@ -173,7 +176,7 @@ pub struct Scan {
 /// Looks at up to `limit` messages after the task's cursor, in id order,
 /// and picks those the task should send. Runs on a read connection, so the
 /// writer is not held while messages that do not qualify are read.
-pub fn scan(conn: &Connection, task: &Task, endpoint: &Endpoint, limit: usize) -> Result<Scan> {
+pub fn scan(conn: &Conn, task: &Task, endpoint: &Endpoint, limit: usize) -> Result<Scan> {
     let after = task.cursor.clone().unwrap_or_else(|| {
         // One below the first id of the window's slack.
         ids::last_at(ids::MESSAGE, task.since - ID_TIME_SLACK_MS - 1)
@@ -212,50 +215,46 @@ pub fn scan(conn: &Connection, task: &Task, endpoint: &Endpoint, limit: usize) -
 
 /// Messages of an application with ids in `(after, before)`, in id order.
 fn messages_between(
-    conn: &Connection,
+    conn: &Conn,
     app_id: &str,
     after: &str,
     before: &str,
     limit: usize,
 ) -> Result<Vec<(String, Option<MessageFacts>)>> {
-    let mut statement = conn.prepare_cached(
+    conn.query_map(
         "SELECT id, event_type, channels, tags, created_at FROM messages
          WHERE app_id = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
-    )?;
-    let rows = statement.query_map(params![app_id, after, before, limit as i64], facts_from_row)?;
-    rows.map(|row| {
-        let facts = finish_facts(row?)?;
-        Ok((facts.id.clone(), Some(facts)))
-    })
-    .collect()
+        params![app_id, after, before, limit as i64],
+        |row| {
+            let facts = finish_facts(facts_from_row(row)?)?;
+            Ok((facts.id.clone(), Some(facts)))
+        },
+    )
 }
 
 /// Messages with a delivery to the endpoint and ids in `(after, before)`,
 /// in id order. A message id whose message is gone has no facts.
 fn delivered_messages_between(
-    conn: &Connection,
+    conn: &Conn,
     endpoint_id: &str,
     after: &str,
     before: &str,
     limit: usize,
 ) -> Result<Vec<(String, Option<MessageFacts>)>> {
-    let mut statement = conn.prepare_cached(
+    let ids: Vec<String> = conn.query_map(
         "SELECT DISTINCT msg_id FROM deliveries
          WHERE endpoint_id = ?1 AND msg_id > ?2 AND msg_id < ?3 ORDER BY msg_id LIMIT ?4",
-    )?;
-    let ids: Vec<String> = statement
-        .query_map(params![endpoint_id, after, before, limit as i64], |row| {
-            row.get(0)
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut lookup = conn.prepare_cached(
-        "SELECT id, event_type, channels, tags, created_at FROM messages WHERE id = ?1",
+        params![endpoint_id, after, before, limit as i64],
+        |row| row.get(0),
     )?;
     ids.into_iter()
         .map(|id| {
-            let facts = lookup
-                .query_row([&id], facts_from_row)
-                .optional()?
+            let facts = conn
+                .query_opt(
+                    "SELECT id, event_type, channels, tags, created_at FROM messages WHERE id = ?1",
+                    params![id],
+                    facts_from_row,
+                )?
                 .map(finish_facts)
                 .transpose()?;
             Ok((id, facts))
@@ -265,7 +264,7 @@ fn delivered_messages_between(
 
 type RawFacts = (MessageFacts, Option<String>, Option<String>);
 
-fn facts_from_row(row: &Row) -> rusqlite::Result<RawFacts> {
+fn facts_from_row(row: &Row) -> Result<RawFacts> {
     Ok((
         MessageFacts {
             id: row.get(0)?,
@@ -299,21 +298,23 @@ struct DeliveryHistory {
     attempted: bool,
 }
 
-fn delivery_history(conn: &Connection, msg_id: &str, endpoint_id: &str) -> Result<DeliveryHistory> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT COUNT(*) > 0, COALESCE(MAX(status = 1), 0), COALESCE(MAX(status = 0), 0),
-                    COALESCE(MAX(attempts > 0), 0)
-             FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2",
-        )?
-        .query_row([msg_id, endpoint_id], |row| {
+fn delivery_history(conn: &Conn, msg_id: &str, endpoint_id: &str) -> Result<DeliveryHistory> {
+    conn.query_one(
+        "SELECT COUNT(*),
+                COALESCE(MAX(CASE WHEN status = 1 THEN 1 ELSE 0 END), 0),
+                COALESCE(MAX(CASE WHEN status = 0 THEN 1 ELSE 0 END), 0),
+                COALESCE(MAX(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0)
+         FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2",
+        params![msg_id, endpoint_id],
+        |row| {
             Ok(DeliveryHistory {
                 any: row.get(0)?,
                 pending: row.get(1)?,
                 delivered: row.get(2)?,
                 attempted: row.get(3)?,
             })
-        })?)
+        },
+    )
 }
 
 /// Returns true when the task should send this message to the endpoint.
@@ -329,7 +330,7 @@ fn delivery_history(conn: &Connection, msg_id: &str, endpoint_id: &str) -> Resul
 ///   Without a `status` filter, a message with a pending delivery is left
 ///   to that delivery.
 fn qualifies(
-    conn: &Connection,
+    conn: &Conn,
     task: &Task,
     endpoint: &Endpoint,
     message: &MessageFacts,
@@ -390,17 +391,16 @@ fn matches_filter(filter: &TaskFilter, message: &MessageFacts) -> bool {
 }
 
 fn newest_shown_status(
-    conn: &Connection,
+    conn: &Conn,
     msg_id: &str,
     endpoint_id: &str,
 ) -> Result<Option<DeliveryStatus>> {
-    let newest: Option<(i64, u32)> = conn
-        .prepare_cached(
-            "SELECT status, attempts FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2
-             ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row([msg_id, endpoint_id], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
+    let newest: Option<(i64, u32)> = conn.query_opt(
+        "SELECT status, attempts FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2
+         ORDER BY id DESC LIMIT 1",
+        params![msg_id, endpoint_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
     newest
         .map(|(status, attempts)| {
             DeliveryStatus::from_code(status)
@@ -411,14 +411,13 @@ fn newest_shown_status(
 }
 
 /// Returns the class (0, 100, … 500) of the newest attempt's response status.
-fn newest_status_class(conn: &Connection, msg_id: &str, endpoint_id: &str) -> Result<Option<u16>> {
-    let status: Option<u16> = conn
-        .prepare_cached(
-            "SELECT response_status FROM attempts WHERE msg_id = ?1 AND endpoint_id = ?2
-             ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row([msg_id, endpoint_id], |row| row.get(0))
-        .optional()?;
+fn newest_status_class(conn: &Conn, msg_id: &str, endpoint_id: &str) -> Result<Option<u16>> {
+    let status: Option<u16> = conn.query_opt(
+        "SELECT response_status FROM attempts WHERE msg_id = ?1 AND endpoint_id = ?2
+         ORDER BY id DESC LIMIT 1",
+        params![msg_id, endpoint_id],
+        |row| row.get(0),
+    )?;
     Ok(status.map(|code| code / 100 * 100))
 }
 
@@ -435,12 +434,7 @@ pub struct PageOutcome {
 /// the caller's transaction. Each pick is checked again, so a message that
 /// was delivered, or got a pending delivery, since the scan is skipped.
 /// Does nothing when the task is no longer running or its cursor moved.
-pub fn apply_page(
-    conn: &Connection,
-    task_id: &str,
-    scan: &Scan,
-    now: Millis,
-) -> Result<PageOutcome> {
+pub fn apply_page(conn: &Conn, task_id: &str, scan: &Scan, now: Millis) -> Result<PageOutcome> {
     let Some(mut task) = get(conn, task_id)? else {
         return Ok(PageOutcome::default());
     };
@@ -476,9 +470,11 @@ pub fn apply_page(
             continue;
         }
         let expunged: bool = conn
-            .prepare_cached("SELECT payload IS NULL FROM messages WHERE id = ?1")?
-            .query_row([&message.id], |row| row.get(0))
-            .optional()?
+            .query_opt(
+                "SELECT payload IS NULL FROM messages WHERE id = ?1",
+                params![message.id],
+                |row| row.get(0),
+            )?
             .unwrap_or(true);
         if expunged {
             task.messages_expunged += 1;
@@ -514,21 +510,21 @@ pub fn apply_page(
     })
 }
 
-fn save_progress(conn: &Connection, task: &Task) -> Result<()> {
-    conn.prepare_cached(
+fn save_progress(conn: &Conn, task: &Task) -> Result<()> {
+    conn.execute(
         "UPDATE tasks SET cursor = ?2, messages_scanned = ?3, messages_sent = ?4,
              messages_expunged = ?5, status = ?6, error = ?7, updated_at = ?8
          WHERE id = ?1",
-    )?
-    .execute(params![
-        task.id,
-        task.cursor,
-        task.messages_scanned,
-        task.messages_sent,
-        task.messages_expunged,
-        task.status.name(),
-        task.error,
-        task.updated_at
-    ])?;
+        params![
+            task.id,
+            task.cursor,
+            task.messages_scanned,
+            task.messages_sent,
+            task.messages_expunged,
+            task.status.name(),
+            task.error,
+            task.updated_at
+        ],
+    )?;
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! Tests of the store operations against a real SQLite file.
+//! The store's conformance suite: every test runs against a real SQLite
+//! file and against a real PostgreSQL database (see [`TestDb`]), through
+//! the `conformance!` list at the end of this file.
 
 use std::collections::BTreeMap;
 
@@ -6,6 +8,113 @@ use super::*;
 use crate::model::{
     ids, now_ms, Attempt, DeliveryStatus, Endpoint, Message, Task, TaskKind, TaskStatus, Trigger,
 };
+
+/// The database a conformance test runs against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A new, empty database for one test: a temporary folder for SQLite, or a
+/// database created on the PostgreSQL server for PostgreSQL and dropped
+/// when the test ends. The server is `HOOKD_TEST_POSTGRES_URL`, by default
+/// the one on 127.0.0.1:5432 as user postgres.
+pub(crate) struct TestDb {
+    database: Database,
+    _dir: Option<tempfile::TempDir>,
+    postgres_name: Option<String>,
+}
+
+/// URL of the PostgreSQL server's maintenance database, for tests.
+pub(crate) fn test_postgres_admin_url() -> String {
+    std::env::var("HOOKD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+impl TestDb {
+    pub(crate) fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                Self {
+                    database: Database::Sqlite {
+                        data_dir: dir.path().to_owned(),
+                    },
+                    _dir: Some(dir),
+                    postgres_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("hookd_test_{}", ids::new_id("db").to_ascii_lowercase());
+                let admin = test_postgres_admin_url();
+                off_runtime(|| {
+                    let mut client = connect_postgres(&admin)
+                        .expect("PostgreSQL runs on 127.0.0.1:5432 (or HOOKD_TEST_POSTGRES_URL)");
+                    client
+                        .batch_execute(&format!("CREATE DATABASE {name}"))
+                        .unwrap();
+                });
+                let mut url = url::Url::parse(&admin).unwrap();
+                url.set_path(&name);
+                Self {
+                    database: Database::Postgres {
+                        url: url.to_string(),
+                    },
+                    _dir: None,
+                    postgres_name: Some(name),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.database
+    }
+
+    pub(crate) fn open(&self, key: Option<&encryption::EncryptionKey>) -> Result<Store> {
+        let database = self.database.clone();
+        off_runtime(move || Store::open_database(&database, key))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        let admin = test_postgres_admin_url();
+        off_runtime(move || {
+            if let Ok(mut client) = connect_postgres(&admin) {
+                let _ =
+                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        });
+    }
+}
+
+/// Declares each listed `async fn name(backend: Backend)` as two tests,
+/// `sqlite::name` and `postgres::name`.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
 
 fn endpoint(app_id: &str, event_types: Option<Vec<&str>>) -> Endpoint {
     Endpoint {
@@ -60,10 +169,9 @@ fn failed_attempt(delivery_id: i64, msg_id: &str, endpoint_id: &str, app_id: &st
     }
 }
 
-#[tokio::test]
-async fn fan_out_matches_event_type_filters() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn fan_out_matches_event_type_filters(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let all = endpoint("app_1", None);
     let only_b = endpoint("app_1", Some(vec!["b"]));
     let (all_id, only_b_id) = (all.id.clone(), only_b.id.clone());
@@ -101,10 +209,9 @@ async fn fan_out_matches_event_type_filters() {
     assert_eq!(targets, expected);
 }
 
-#[tokio::test]
-async fn repeated_event_id_creates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn repeated_event_id_creates_nothing(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let ep = endpoint("app_1", None);
     store
         .write(move |conn| endpoints::save(conn, &ep, false))
@@ -133,10 +240,9 @@ async fn repeated_event_id_creates_nothing() {
     assert!(other.is_new);
 }
 
-#[tokio::test]
-async fn failed_job_rolls_back_alone_in_a_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn failed_job_rolls_back_alone_in_a_batch(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let mut jobs = Vec::new();
     for n in 0..20 {
         let store = store.clone();
@@ -165,17 +271,16 @@ async fn failed_job_rolls_back_alone_in_a_batch() {
     }
 }
 
-#[tokio::test]
-async fn writes_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn writes_survive_reopen(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let created = store
         .write(|conn| messages::create(conn, message("app_1", "a", None, 5)))
         .await
         .unwrap();
     store.close();
 
-    let reopened = Store::open(dir.path()).unwrap();
+    let reopened = db.open(None).unwrap();
     let id = created.message.id.clone();
     let found = reopened
         .read(move |conn| messages::get(conn, "app_1", &id))
@@ -187,16 +292,16 @@ async fn writes_survive_reopen() {
 
 /// Opens a store in a temporary folder with one endpoint of app_1 that
 /// takes every message, and returns the folder, the store and the endpoint.
-async fn store_with_endpoint() -> (tempfile::TempDir, Store, Endpoint) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn store_with_endpoint(backend: Backend) -> (TestDb, Store, Endpoint) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let ep = endpoint("app_1", None);
     let saved = ep.clone();
     store
         .write(move |conn| endpoints::save(conn, &saved, false))
         .await
         .unwrap();
-    (dir, store, ep)
+    (db, store, ep)
 }
 
 fn task(kind: TaskKind, endpoint: &Endpoint, since: i64, until: i64) -> Task {
@@ -294,9 +399,8 @@ async fn record(
         .unwrap();
 }
 
-#[tokio::test]
-async fn recover_takes_only_failed_messages_once() {
-    let (_dir, store, ep) = store_with_endpoint().await;
+async fn recover_takes_only_failed_messages_once(backend: Backend) {
+    let (_db, store, ep) = store_with_endpoint(backend).await;
     let ep_id = ep.id.clone();
 
     // Three messages: the first fails for good, the second has a retry pending,
@@ -368,9 +472,8 @@ async fn recover_takes_only_failed_messages_once() {
     assert!(outcome.deliveries.is_empty(), "{:?}", outcome.deliveries);
 }
 
-#[tokio::test]
-async fn replayed_page_is_applied_once() {
-    let (_dir, store, ep) = store_with_endpoint().await;
+async fn replayed_page_is_applied_once(backend: Backend) {
+    let (_db, store, ep) = store_with_endpoint(backend).await;
     let ep_id = ep.id.clone();
     let base = now_ms();
     for (msg, delivery) in send(&store, base, &[1, 2, 3]).await {
@@ -406,9 +509,8 @@ async fn replayed_page_is_applied_once() {
     assert_eq!(finished.messages_sent, 3);
 }
 
-#[tokio::test]
-async fn task_resumes_from_cursor_after_reopen() {
-    let (dir, store, ep) = store_with_endpoint().await;
+async fn task_resumes_from_cursor_after_reopen(backend: Backend) {
+    let (db, store, ep) = store_with_endpoint(backend).await;
     let ep_id = ep.id.clone();
     let base = now_ms();
     let sent = send(&store, base, &[1, 2, 3, 4, 5]).await;
@@ -427,7 +529,7 @@ async fn task_resumes_from_cursor_after_reopen() {
     let (_, first) = step(&store, &replay.id, 2).await;
     store.close();
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = db.open(None).unwrap();
     let mut created = first.deliveries;
     loop {
         let (_, outcome) = step(&store, &replay.id, 2).await;
@@ -441,9 +543,8 @@ async fn task_resumes_from_cursor_after_reopen() {
     assert_eq!(replayed, expected, "replayed messages, in creation order");
 }
 
-#[tokio::test]
-async fn replay_missing_takes_never_attempted() {
-    let (_dir, store, ep) = store_with_endpoint().await;
+async fn replay_missing_takes_never_attempted(backend: Backend) {
+    let (_db, store, ep) = store_with_endpoint(backend).await;
     let ep_id = ep.id.clone();
     let base = now_ms();
     // Attempted and failed, pending without an attempt, then canceled
@@ -495,10 +596,9 @@ async fn replay_missing_takes_never_attempted() {
     );
 }
 
-#[tokio::test]
-async fn retry_scan_returns_each_window_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn retry_scan_returns_each_window_once(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let ep = endpoint("app_1", None);
     let ep_id = ep.id.clone();
     store
@@ -546,10 +646,9 @@ async fn retry_scan_returns_each_window_once() {
     assert!(due(3_000, 9_000).await.is_empty());
 }
 
-#[tokio::test]
-async fn failing_endpoint_is_disabled_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn failing_endpoint_is_disabled_and_reported(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let secret = crate::model::secret::generate();
     let ops_app = store
         .write(move |conn| {
@@ -639,10 +738,9 @@ async fn failing_endpoint_is_disabled_and_reported() {
     assert!(disabled);
 }
 
-#[tokio::test]
-async fn success_resets_the_failure_clock() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn success_resets_the_failure_clock(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
     let ep = endpoint("app_1", None);
     let ep_id = ep.id.clone();
     store
@@ -689,9 +787,8 @@ async fn success_resets_the_failure_clock() {
     assert!(!disabled);
 }
 
-#[tokio::test]
-async fn retention_expunges_rows_made_before_cutoff() {
-    let (_dir, store, ep) = store_with_endpoint().await;
+async fn retention_expunges_rows_made_before_cutoff(backend: Backend) {
+    let (_db, store, ep) = store_with_endpoint(backend).await;
     let ep_id = ep.id.clone();
     let old = send(&store, now_ms(), &[0, 0]).await;
     for (index, (msg, delivery)) in old.iter().enumerate() {
@@ -757,9 +854,11 @@ async fn retention_expunges_rows_made_before_cutoff() {
     );
     let responses: Vec<String> = store
         .read(move |conn| {
-            let mut statement = conn.prepare("SELECT response FROM attempts ORDER BY id")?;
-            let rows = statement.query_map([], |row| row.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            conn.query_map(
+                "SELECT response FROM attempts ORDER BY id",
+                sql::params![],
+                |row| row.get(0),
+            )
         })
         .await
         .unwrap();
@@ -773,11 +872,10 @@ async fn retention_expunges_rows_made_before_cutoff() {
     assert_eq!(again, retention::Batch::default());
 }
 
-#[tokio::test]
-async fn sealed_secrets_need_their_key_to_open() {
-    let dir = tempfile::tempdir().unwrap();
+async fn sealed_secrets_need_their_key_to_open(backend: Backend) {
+    let db = TestDb::new(backend);
     let key = encryption::EncryptionKey::parse(&"11".repeat(32)).unwrap();
-    let store = Store::open_with_key(dir.path(), Some(&key)).unwrap();
+    let store = db.open(Some(&key)).unwrap();
     let mut saved = endpoint("app_1", None);
     saved.previous_secrets.push(crate::model::PreviousSecret {
         secret: crate::model::secret::generate(),
@@ -798,11 +896,11 @@ async fn sealed_secrets_need_their_key_to_open() {
     let id = saved.id.clone();
     let (secret, previous): (String, String) = store
         .read(move |conn| {
-            Ok(conn.query_row(
+            conn.query_one(
                 "SELECT secret, previous_secrets FROM endpoints WHERE id = ?1",
-                [&id],
+                sql::params![id],
                 |row| Ok((row.get(0)?, row.get(1)?)),
-            )?)
+            )
         })
         .await
         .unwrap();
@@ -810,7 +908,7 @@ async fn sealed_secrets_need_their_key_to_open() {
     assert!(encryption::is_sealed(&previous), "{previous}");
     store.close();
 
-    let without = Store::open(dir.path()).err().expect("no key is an error");
+    let without = db.open(None).err().expect("no key is an error");
     assert!(
         matches!(
             without,
@@ -819,7 +917,8 @@ async fn sealed_secrets_need_their_key_to_open() {
         "{without}"
     );
     let other = encryption::EncryptionKey::parse(&"22".repeat(32)).unwrap();
-    let wrong = Store::open_with_key(dir.path(), Some(&other))
+    let wrong = db
+        .open(Some(&other))
         .err()
         .expect("another key is an error");
     assert!(
@@ -829,7 +928,7 @@ async fn sealed_secrets_need_their_key_to_open() {
         ),
         "{wrong}"
     );
-    let reopened = Store::open_with_key(dir.path(), Some(&key)).unwrap();
+    let reopened = db.open(Some(&key)).unwrap();
     let id = saved.id.clone();
     let read = reopened
         .read(move |conn| endpoints::get_by_id(conn, &id))
@@ -837,3 +936,19 @@ async fn sealed_secrets_need_their_key_to_open() {
         .unwrap();
     assert_eq!(read, Some(saved));
 }
+
+conformance!(
+    fan_out_matches_event_type_filters,
+    repeated_event_id_creates_nothing,
+    failed_job_rolls_back_alone_in_a_batch,
+    writes_survive_reopen,
+    recover_takes_only_failed_messages_once,
+    replayed_page_is_applied_once,
+    task_resumes_from_cursor_after_reopen,
+    replay_missing_takes_never_attempted,
+    retry_scan_returns_each_window_once,
+    failing_endpoint_is_disabled_and_reported,
+    success_resets_the_failure_clock,
+    retention_expunges_rows_made_before_cutoff,
+    sealed_secrets_need_their_key_to_open
+);
