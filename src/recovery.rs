@@ -34,8 +34,15 @@ const TASKS_PER_ROUND: usize = 100;
 /// Pause when no task could take a step, such as when every endpoint has
 /// enough work due.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Time between two checks of a cluster node that does not run the tasks
+/// whether it has become the one that does.
+const FOLLOWER_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a store error before the next round.
 const ERROR_WAIT: Duration = Duration::from_secs(1);
+
+/// Tells whether this node runs the jobs that only one node of a cluster
+/// may run; always true on a single node.
+pub type Leader = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Handle to the runner; cheap to clone.
 #[derive(Clone)]
@@ -45,14 +52,16 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Starts the runner, which stops between two steps once `stop` turns true.
+    /// Starts the runner, which stops between two steps once `stop` turns
+    /// true, and runs tasks only while `is_leader` returns true.
     pub fn start(
         store: Store,
         engine: Engine,
+        is_leader: Leader,
         stop: watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let wake = Arc::new(Notify::new());
-        let handle = tokio::spawn(run(store, engine, wake.clone(), stop));
+        let handle = tokio::spawn(run(store, engine, wake.clone(), is_leader, stop));
         (Self { wake }, handle)
     }
 
@@ -62,11 +71,23 @@ impl Recovery {
     }
 }
 
-async fn run(store: Store, engine: Engine, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    store: Store,
+    engine: Engine,
+    wake: Arc<Notify>,
+    is_leader: Leader,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut first_round = true;
     loop {
         if *stop.borrow() {
             return;
+        }
+        // In a cluster one node runs the tasks; two would step the same
+        // task at once and create its deliveries twice.
+        if !is_leader() {
+            pause(FOLLOWER_WAIT, &wake, &mut stop).await;
+            continue;
         }
         let running = match store
             .read(|conn| tasks::running(conn, TASKS_PER_ROUND))

@@ -26,13 +26,20 @@ pub fn start(
     store: Store,
     period: Duration,
     interval: Duration,
+    is_leader: crate::recovery::Leader,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let period_ms = period.as_millis() as Millis;
     tokio::spawn(async move {
         loop {
             let cutoff = now_ms() - period_ms;
-            match expunge_before(&store, cutoff, &stop).await {
+            // In a cluster one node runs the job, at its own interval.
+            let outcome = if is_leader() {
+                expunge_before(&store, cutoff, &stop).await
+            } else {
+                Ok(Totals::default())
+            };
+            match outcome {
                 Ok(totals) if totals.messages + totals.attempts + totals.tasks > 0 => {
                     tracing::info!(
                         messages = totals.messages,

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -98,6 +99,7 @@ impl Server {
             config,
             store,
         } = self;
+        let database_name = config.database().describe();
         // Install the metrics recorder before anything records.
         crate::telemetry::metrics_handle();
         let token_hash = admin_token_hash(&store, config.admin_token.as_deref()).await?;
@@ -118,8 +120,40 @@ impl Server {
         let drain = config.request_timeout + Duration::from_secs(1);
         let mut engine_settings = EngineSettings::from_config(&config);
         engine_settings.operational_app_id = operational_app_id.clone();
+        // On PostgreSQL the node shares the endpoints with the other nodes.
+        let cluster_parts = config
+            .database_url
+            .clone()
+            .map(|url| (url, crate::cluster::link(config.request_timeout)));
+        engine_settings.cluster = cluster_parts.as_ref().map(|(_, (link, _))| link.clone());
+        let leader = engine_settings
+            .cluster
+            .as_ref()
+            .map(|link| link.ownership.clone());
         let (engine, engine_task) =
             Engine::start(store.clone(), engine_settings, engine_stop, drain);
+        let cluster = match cluster_parts {
+            Some((database_url, (link, inbox))) => Some(
+                crate::cluster::Cluster::start(
+                    crate::cluster::NodeSettings {
+                        database_url,
+                        node_id: config.node_id.clone(),
+                        lease_duration: config.lease_duration,
+                        request_timeout: config.request_timeout,
+                    },
+                    link,
+                    inbox,
+                    engine.clone(),
+                )
+                .context("cannot join the cluster")?,
+            ),
+            None => None,
+        };
+        let is_leader: crate::recovery::Leader = Arc::new(move || {
+            leader
+                .as_ref()
+                .is_none_or(|ownership| ownership.is_leader())
+        });
 
         let ingest = crate::source::Ingest {
             store: store.clone(),
@@ -128,13 +162,18 @@ impl Server {
         };
         let (sources, source_tasks) =
             crate::source::start(&config.sources, ingest, stop_rx.clone());
-        let (recovery, recovery_task) =
-            crate::recovery::Recovery::start(store.clone(), engine.clone(), stop_rx.clone());
+        let (recovery, recovery_task) = crate::recovery::Recovery::start(
+            store.clone(),
+            engine.clone(),
+            is_leader.clone(),
+            stop_rx.clone(),
+        );
         let retention_task = config.retention_period.map(|period| {
             crate::retention::start(
                 store.clone(),
                 period,
                 config.retention_interval,
+                is_leader.clone(),
                 stop_rx.clone(),
             )
         });
@@ -149,7 +188,7 @@ impl Server {
             recovery,
         );
         let app = api::router(state);
-        tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "hookd started");
+        tracing::info!(listen = %listener.local_addr()?, database = %database_name, node_id = %config.node_id, "hookd started");
 
         tokio::spawn(async move {
             shutdown.await;
@@ -170,6 +209,13 @@ impl Server {
             let _ = task.await;
         }
         let _ = engine_task.await;
+        // After the engine: attempts in flight have ended, so other nodes
+        // may take the partitions at once.
+        if let Some(cluster) = cluster {
+            tokio::task::spawn_blocking(move || cluster.stop())
+                .await
+                .ok();
+        }
         store.close();
         tracing::info!("hookd stopped");
         Ok(())

@@ -49,9 +49,14 @@ pub mod metric {
     pub const STORE_COMMIT_DURATION: &str = "hookd_store_commit_duration_seconds";
     /// Histogram: jobs per group commit.
     pub const STORE_COMMIT_JOBS: &str = "hookd_store_commit_jobs";
-    /// Counter, label `operation`: begin, commit, record_attempt, refill,
-    /// retry_scan, task_step, retention.
+    /// Counter, label `operation`: begin, commit, connect, record_attempt,
+    /// refill, retry_scan, task_step, retention, lease, notify.
     pub const STORE_ERRORS: &str = "hookd_store_errors_total";
+    /// Gauge: partitions whose lease this node holds in a cluster.
+    pub const CLUSTER_PARTITIONS_HELD: &str = "hookd_cluster_partitions_held";
+    /// Counter: endpoint ids received from other nodes' notifications of
+    /// new deliveries.
+    pub const CLUSTER_ENDPOINTS_WOKEN: &str = "hookd_cluster_endpoints_woken_total";
     /// Counter, label `source`: records read from a stream source.
     pub const SOURCE_RECORDS: &str = "hookd_source_records_total";
     /// Counter, label `source`: messages created from a source's records.

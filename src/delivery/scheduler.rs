@@ -29,6 +29,7 @@ use super::retry::RetryPolicy;
 use super::sender::Sender;
 use super::ssrf::NetworkPolicy;
 use super::worker::{self, RunResult, WorkerContext};
+use crate::cluster::{self, ClusterLink};
 use crate::config::Config;
 use crate::model::{now_ms, Millis};
 use crate::store::deliveries::{self, DueRetry};
@@ -51,6 +52,9 @@ const MAX_HEALTH_ENTRIES: usize = 50_000;
 const RETRY_SCAN_PAGE: usize = 2000;
 /// How far each retry scan reaches back into the previous window.
 const RETRY_SCAN_OVERLAP_MS: Millis = 2000;
+/// How often a cluster node looks for due work in the partitions it holds,
+/// in case a notification from another node was missed.
+const CLUSTER_SCAN_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Settings of the engine, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -69,6 +73,8 @@ pub struct EngineSettings {
     pub disable_endpoint_after: Option<Duration>,
     /// The internal application of operational webhooks, when configured.
     pub operational_app_id: Option<String>,
+    /// The node's leases in a cluster; `None` delivers for every endpoint.
+    pub cluster: Option<ClusterLink>,
 }
 
 impl EngineSettings {
@@ -89,6 +95,7 @@ impl EngineSettings {
             dns_servers: config.dns_servers.clone(),
             disable_endpoint_after: config.disable_endpoint_after,
             operational_app_id: None,
+            cluster: None,
         }
     }
 }
@@ -119,8 +126,13 @@ enum Event {
         retries: Vec<DueRetry>,
         completed_until: Option<Millis>,
     },
-    /// Start-up found these endpoints with due work.
+    /// Start-up, or a scan of newly leased partitions, found these
+    /// endpoints with due work.
     Backlogged(Vec<String>),
+    /// This node took the leases of these partitions.
+    PartitionsGained(Vec<u32>),
+    /// Another node stored deliveries for these endpoints.
+    Woken(Vec<String>),
 }
 
 /// Handle to the running engine; cheap to clone.
@@ -167,6 +179,7 @@ impl Engine {
             failures_to_open: settings.circuit_breaker_failures,
             probe_delays: settings.retry.schedule.clone(),
         };
+        let cluster = settings.cluster.clone();
         let scheduler = Scheduler {
             store,
             context,
@@ -179,6 +192,8 @@ impl Engine {
             refills_running: 0,
             retry_scan_running: false,
             retries_scanned_until: now_ms(),
+            cluster,
+            last_cluster_scan: Instant::now(),
             events_tx: events_tx.clone(),
             workers: JoinSet::new(),
         };
@@ -199,6 +214,17 @@ impl Engine {
     /// Returns a receiver that changes after each [`Engine::messages_stored`].
     pub fn watch_messages(&self) -> tokio::sync::watch::Receiver<u64> {
         self.stored_messages.subscribe()
+    }
+
+    /// Tells the scheduler that this node now holds these partitions, so
+    /// it looks for their due work.
+    pub fn partitions_gained(&self, partitions: Vec<u32>) {
+        let _ = self.events.send(Event::PartitionsGained(partitions));
+    }
+
+    /// Tells the scheduler that another node stored deliveries for these endpoints.
+    pub fn wake_endpoints(&self, endpoint_ids: Vec<String>) {
+        let _ = self.events.send(Event::Woken(endpoint_ids));
     }
 
     /// Hands newly committed deliveries to the scheduler.
@@ -254,6 +280,9 @@ struct Scheduler {
     retry_scan_running: bool,
     /// Retries due up to this time have been queued or marked as backlog.
     retries_scanned_until: Millis,
+    /// The node's leases in a cluster; `None` delivers for every endpoint.
+    cluster: Option<ClusterLink>,
+    last_cluster_scan: Instant,
     events_tx: mpsc::UnboundedSender<Event>,
     workers: JoinSet<()>,
 }
@@ -306,6 +335,12 @@ impl Scheduler {
     }
 
     fn find_backlog_at_start(&self) {
+        self.find_backlog(None);
+    }
+
+    /// Marks the endpoints with due work as backlogged: all of them, or
+    /// those in `partitions`.
+    fn find_backlog(&self, partitions: Option<Vec<u32>>) {
         let store = self.store.clone();
         let events = self.events_tx.clone();
         tokio::spawn(async move {
@@ -313,7 +348,10 @@ impl Scheduler {
                 .read_blocking(|conn| deliveries::endpoints_with_due(conn, now_ms()))
                 .await
             {
-                Ok(endpoints) => {
+                Ok(mut endpoints) => {
+                    if let Some(partitions) = partitions {
+                        endpoints.retain(|id| partitions.contains(&cluster::partition_of(id)));
+                    }
                     if !endpoints.is_empty() {
                         tracing::info!(endpoints = endpoints.len(), "resuming pending deliveries");
                     }
@@ -329,11 +367,34 @@ impl Scheduler {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Enqueue(deliveries) => {
+                let mut elsewhere = Vec::new();
                 for delivery in deliveries {
+                    if !self.owns(&delivery.endpoint_id) {
+                        elsewhere.push(delivery.endpoint_id);
+                        continue;
+                    }
                     self.push(
                         Arc::from(delivery.endpoint_id.as_str()),
                         delivery.delivery_id,
                     );
+                }
+                if let Some(cluster) = &self.cluster {
+                    cluster.notify(elsewhere);
+                }
+            }
+            Event::PartitionsGained(partitions) => self.find_backlog(Some(partitions)),
+            Event::Woken(endpoint_ids) => {
+                metrics::counter!(metric::CLUSTER_ENDPOINTS_WOKEN)
+                    .increment(endpoint_ids.len() as u64);
+                for endpoint_id in endpoint_ids {
+                    let endpoint_id: Arc<str> = Arc::from(endpoint_id.as_str());
+                    self.mark_backlogged(endpoint_id.clone());
+                    let wants_refill = self.queues.get(&endpoint_id).is_some_and(|q| {
+                        q.backlogged && !q.refilling && q.queued.len() < REFILL_BELOW
+                    });
+                    if wants_refill {
+                        self.start_refill(endpoint_id);
+                    }
                 }
             }
             Event::Sent {
@@ -401,6 +462,10 @@ impl Scheduler {
     }
 
     fn push_from(&mut self, endpoint_id: Arc<str>, delivery_id: i64, from_refill: bool) {
+        // Another node delivers for endpoints outside this node's partitions.
+        if !self.owns(&endpoint_id) {
+            return;
+        }
         let queue = self.queues.entry(endpoint_id.clone()).or_default();
         if queue.claimed.contains(&delivery_id) {
             return;
@@ -416,9 +481,60 @@ impl Scheduler {
     }
 
     fn mark_backlogged(&mut self, endpoint_id: Arc<str>) {
+        if !self.owns(&endpoint_id) {
+            return;
+        }
         let queue = self.queues.entry(endpoint_id).or_default();
         queue.backlogged = true;
         queue.overflow_generation += 1;
+    }
+
+    /// True when this node delivers for the endpoint: always on a single
+    /// node, and while it holds the endpoint's partition in a cluster.
+    fn owns(&self, endpoint_id: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.ownership.owns(endpoint_id))
+    }
+
+    /// True when an attempt for the endpoint may start now; in a cluster,
+    /// only while the partition's lease outlasts the attempt.
+    fn may_start(&self, endpoint_id: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.ownership.may_start(endpoint_id))
+    }
+
+    /// Drops the queued work of endpoints whose partition this node no
+    /// longer holds (the new owner reads it from the store), and puts back
+    /// in turn the endpoints whose attempts were held for want of lease time.
+    fn follow_leases(&mut self) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let mut lost = Vec::new();
+        let mut held_back = Vec::new();
+        for (endpoint_id, queue) in &mut self.queues {
+            if !cluster.ownership.owns(endpoint_id) {
+                for id in queue.queued.drain(..) {
+                    queue.claimed.remove(&id);
+                }
+                queue.backlogged = false;
+                lost.push(endpoint_id.clone());
+            } else if !queue.in_ring && !queue.queued.is_empty() {
+                held_back.push(endpoint_id.clone());
+            }
+        }
+        for endpoint_id in lost {
+            self.forget_if_idle(&endpoint_id);
+        }
+        for endpoint_id in held_back {
+            self.make_ready(&endpoint_id);
+        }
+        if self.last_cluster_scan.elapsed() >= CLUSTER_SCAN_INTERVAL {
+            self.last_cluster_scan = Instant::now();
+            self.find_backlog(Some(cluster.ownership.held()));
+        }
     }
 
     /// Returns how many requests the endpoint may have in flight now, from
@@ -530,11 +646,16 @@ impl Scheduler {
                 break;
             };
             let cap = self.capacity(&endpoint_id);
+            let may_start = self.may_start(&endpoint_id);
             let Some(queue) = self.queues.get_mut(&endpoint_id) else {
                 continue;
             };
             queue.in_ring = false;
             if queue.in_flight >= cap {
+                continue;
+            }
+            // Held until the lease is renewed; `follow_leases` puts it back.
+            if !may_start {
                 continue;
             }
             let Some(delivery_id) = queue.queued.pop_front() else {
@@ -634,6 +755,7 @@ impl Scheduler {
         if !self.retry_scan_running {
             self.start_retry_scan();
         }
+        self.follow_leases();
     }
 
     fn start_refill(&mut self, endpoint_id: Arc<str>) {

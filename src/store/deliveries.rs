@@ -228,10 +228,10 @@ pub fn cancel(conn: &Conn, id: i64, now: Millis) -> Result<()> {
 }
 
 pub fn cancel_pending_for_endpoint(conn: &Conn, endpoint_id: &str, now: Millis) -> Result<usize> {
-    Ok(conn.execute(
+    conn.execute(
         "UPDATE deliveries SET status = 4, next_attempt_at = NULL, updated_at = ?2 WHERE endpoint_id = ?1 AND status = 1",
         params![endpoint_id, now],
-    )?)
+    )
 }
 
 /// Ids of an endpoint's deliveries that are due by `now`, oldest due first.

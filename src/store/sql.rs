@@ -355,7 +355,7 @@ pub struct Conn {
 
 enum ConnInner {
     Sqlite(rusqlite::Connection),
-    Postgres(RefCell<PgConn>),
+    Postgres(Box<RefCell<PgConn>>),
 }
 
 struct PgConn {
@@ -410,10 +410,10 @@ impl Conn {
 
     pub(crate) fn postgres(client: postgres::Client, cipher: Option<Arc<Cipher>>) -> Self {
         Self {
-            inner: ConnInner::Postgres(RefCell::new(PgConn {
+            inner: ConnInner::Postgres(Box::new(RefCell::new(PgConn {
                 client: Some(client),
                 statements: HashMap::new(),
-            })),
+            }))),
             cipher,
         }
     }
@@ -428,25 +428,6 @@ impl Conn {
     /// The cipher of endpoint secrets; `None` stores them as plaintext.
     pub(crate) fn cipher(&self) -> Option<&Cipher> {
         self.cipher.as_deref()
-    }
-
-    /// The SQLite connection, for the SQLite-only code (migrations, pragmas).
-    pub(crate) fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
-        match &self.inner {
-            ConnInner::Sqlite(conn) => Some(conn),
-            ConnInner::Postgres(_) => None,
-        }
-    }
-
-    /// Runs the PostgreSQL-only code `f` on the client; `None` on SQLite.
-    pub(crate) fn with_postgres<T>(
-        &self,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T>,
-    ) -> Option<Result<T>> {
-        match &self.inner {
-            ConnInner::Sqlite(_) => None,
-            ConnInner::Postgres(pg) => Some(f(pg.borrow_mut().client())),
-        }
     }
 
     /// True when the connection to the server is lost; a SQLite file never is.

@@ -140,11 +140,11 @@ pub fn running(conn: &Conn, limit: usize) -> Result<Vec<Task>> {
 /// Deletes finished and failed tasks last changed before `before`, at most
 /// `limit` of them, and returns how many it deleted.
 pub fn delete_ended_before(conn: &Conn, before: Millis, limit: usize) -> Result<usize> {
-    Ok(conn.execute(
+    conn.execute(
         "DELETE FROM tasks WHERE id IN (
              SELECT id FROM tasks WHERE status != 'running' AND updated_at < ?1 LIMIT ?2)",
         params![before, limit as i64],
-    )?)
+    )
 }
 
 /// The fields of a message that decide whether a task sends it.

@@ -68,10 +68,6 @@ impl TestDb {
         }
     }
 
-    pub(crate) fn database(&self) -> &Database {
-        &self.database
-    }
-
     pub(crate) fn open(&self, key: Option<&encryption::EncryptionKey>) -> Result<Store> {
         let database = self.database.clone();
         off_runtime(move || Store::open_database(&database, key))

@@ -1,0 +1,407 @@
+//! hookd nodes sharing one PostgreSQL database: each endpoint is delivered
+//! by one node at a time, work moves when a node dies or stops, and new
+//! deliveries reach the node that owns their endpoint.
+//!
+//! Needs PostgreSQL on 127.0.0.1:5432 with trust auth (or
+//! `HOOKD_TEST_POSTGRES_URL`); each test creates its own database.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Answer, Api, HookdProcess, Received, Receiver, Settings};
+use serde_json::json;
+
+/// A database created for one test on the PostgreSQL server and dropped
+/// at the end.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    fn create() -> Self {
+        let admin_url = std::env::var("HOOKD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("hookd_cluster_{}_{}", std::process::id(), rand_suffix());
+        let admin = admin_url.clone();
+        let create = name.clone();
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+                .expect("PostgreSQL runs on 127.0.0.1:5432 (or HOOKD_TEST_POSTGRES_URL)");
+            client
+                .batch_execute(&format!("CREATE DATABASE {create}"))
+                .expect("create the test database");
+        })
+        .join()
+        .expect("the database is created");
+        let mut url = url::Url::parse(&admin_url).expect("a valid PostgreSQL URL");
+        url.set_path(&name);
+        Self {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    /// Runs one query on the test database from a plain thread.
+    fn query_i64(&self, sql: &str) -> i64 {
+        let url = self.url.clone();
+        let sql = sql.to_owned();
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+            client.query_one(&sql, &[]).expect("query").get::<_, i64>(0)
+        })
+        .join()
+        .expect("the query thread ends")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut client) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ =
+                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
+
+/// A random number, so that tests running at once use different databases.
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+/// Settings of a node: the shared database, its name, a lease of 7 s (the
+/// least allowed with the tests' 1 s request timeout) and quick retries.
+fn node_settings(database: &TestDatabase, node_id: &str) -> Settings {
+    Settings::new()
+        .set("HOOKD_DATABASE_URL", &database.url)
+        .set("HOOKD_NODE_ID", node_id)
+        .set("HOOKD_LEASE_DURATION", "7s")
+        .set("HOOKD_RETRY_SCHEDULE", "200ms,400ms,800ms,1s,1s,1s")
+}
+
+/// The requests in progress at one endpoint, by `webhook-id`, and any two
+/// with the same id that were in progress at once.
+#[derive(Default)]
+struct OverlapWatch {
+    /// Per webhook-id: until when the response to its latest request is sent.
+    busy_until: HashMap<String, Instant>,
+    overlaps: Vec<String>,
+}
+
+/// A receiver that answers 200 after `delay` and records overlapping
+/// requests with the same `webhook-id`.
+fn watched_receiver(watch: Arc<Mutex<OverlapWatch>>, delay: Duration) -> Receiver {
+    Receiver::start(move |_, request: &Received| {
+        let now = Instant::now();
+        let mut watch = watch.lock().unwrap();
+        let id = request.webhook_id().to_owned();
+        if watch.busy_until.get(&id).is_some_and(|until| *until > now) {
+            watch.overlaps.push(id.clone());
+        }
+        watch.busy_until.insert(id, now + delay);
+        Answer::ok().after(delay)
+    })
+}
+
+/// Reads one gauge or counter from a node's `/metrics`, 0 when absent.
+async fn metric(api: &Api, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until the nodes' held partitions add up to all 64 with each node
+/// holding some, which means the cluster has balanced.
+async fn wait_balanced(nodes: &[&HookdProcess]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut held = Vec::new();
+        for node in nodes {
+            held.push(metric(&node.api, "hookd_cluster_partitions_held").await as u32);
+        }
+        if held.iter().sum::<u32>() == 64 && held.iter().all(|h| *h > 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions held per node did not balance within 30 s: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_survive_kill_and_stop() {
+    let database = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        let data_dir = dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        nodes.push(
+            HookdProcess::spawn(
+                &node_settings(&database, name),
+                &data_dir,
+                &format!("{name}.log"),
+            )
+            .await,
+        );
+    }
+    wait_balanced(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+
+    // Twelve endpoints in four applications; every request takes 30 ms,
+    // so copies in flight at the kill are likely.
+    let mut watches = Vec::new();
+    let mut apps = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..4 {
+        let app = nodes[0].create_app().await;
+        for _ in 0..3 {
+            let watch = Arc::new(Mutex::new(OverlapWatch::default()));
+            watches.push(watch.clone());
+            let receiver = watched_receiver(watch, Duration::from_millis(30));
+            nodes[0].create_endpoint(&app, &receiver.url()).await;
+            receivers.push(receiver);
+        }
+        apps.push(app);
+    }
+
+    // Send 900 messages round-robin through the nodes that are up, from
+    // three tasks at once. Node B is killed after 300 and node C stopped
+    // cleanly after 600. Only messages whose POST returned 2xx count.
+    let accepted: Arc<Mutex<BTreeMap<u32, String>>> = Default::default();
+    let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let apis: Vec<Api> = nodes.iter().map(|node| node.api.clone()).collect();
+    let down = Arc::new(Mutex::new(BTreeSet::<usize>::new()));
+    let mut senders = Vec::new();
+    for task in 0..3 {
+        let (apis, apps, accepted, sent, down) = (
+            apis.clone(),
+            apps.clone(),
+            accepted.clone(),
+            sent.clone(),
+            down.clone(),
+        );
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        senders.push(tokio::spawn(async move {
+            loop {
+                let seq = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if seq >= 900 {
+                    return;
+                }
+                let skip = down.lock().unwrap().clone();
+                let up: Vec<usize> = (0..3).filter(|i| !skip.contains(i)).collect();
+                let node = up[(seq as usize + task) % up.len()];
+                let app = &apps[seq as usize % apps.len()];
+                let body = json!({"eventType": common::EVENT_TYPE, "payload": {"seq": seq}});
+                // A request to a node that is going down fails without a
+                // response; its message was not accepted.
+                let response = client
+                    .post(format!("{}/api/v1/app/{app}/msg", apis[node].base))
+                    .bearer_auth(common::TOKEN)
+                    .json(&body)
+                    .send()
+                    .await;
+                let Ok(response) = response else { continue };
+                if !response.status().is_success() {
+                    continue;
+                }
+                let Ok(reply) = response.json::<serde_json::Value>().await else {
+                    continue;
+                };
+                let id = reply["id"].as_str().expect("a message id").to_owned();
+                accepted.lock().unwrap().insert(seq, id);
+            }
+        }));
+    }
+
+    let wait_sent = |count: u32| {
+        let sent = sent.clone();
+        async move {
+            while sent.load(std::sync::atomic::Ordering::SeqCst) < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_sent(300).await;
+    down.lock().unwrap().insert(1);
+    let node_c = nodes.pop().expect("node C");
+    let node_b = nodes.pop().expect("node B");
+    node_b.kill().await;
+    wait_sent(600).await;
+    down.lock().unwrap().insert(2);
+    let status = node_c.terminate().await;
+    assert!(
+        status.success(),
+        "node C exits cleanly on SIGTERM: {status}"
+    );
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let node_a = nodes.pop().expect("node A");
+
+    // Node A takes every partition: node C's at once, node B's when their
+    // leases expire.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&node_a.api, "hookd_cluster_partitions_held").await as u32 != 64 {
+        assert!(
+            Instant::now() < deadline,
+            "node A holds every partition within 30 s of the kill; log: {}",
+            common::read_log(&node_a.log_path)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every accepted message reaches each endpoint of its application.
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() >= 850,
+        "most messages are accepted while two nodes go away: {}",
+        accepted.len()
+    );
+    let ids_by_seq: HashMap<u32, String> = accepted.clone().into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (index, receiver) in receivers.iter().enumerate() {
+        let app_index = index / 3;
+        let expected: BTreeSet<String> = accepted
+            .iter()
+            .filter(|(seq, _)| **seq as usize % apps.len() == app_index)
+            .map(|(_, id)| id.clone())
+            .collect();
+        loop {
+            let seen: BTreeSet<String> = receiver
+                .requests()
+                .iter()
+                .map(|r| r.webhook_id().to_owned())
+                .collect();
+            if expected.is_subset(&seen) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "endpoint {index} got {} of {} accepted messages; log of node A: {}",
+                expected.intersection(&seen).count(),
+                expected.len(),
+                common::read_log(&node_a.log_path)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Each request carries the id of the message whose payload it holds, so
+    // a copy sent again after the crash has the same webhook-id.
+    let mut duplicates = 0;
+    for receiver in &receivers {
+        let requests = receiver.requests();
+        let mut seen = BTreeSet::new();
+        for request in &requests {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            let seq = body["seq"].as_u64().expect("the payload's seq") as u32;
+            assert_eq!(
+                Some(request.webhook_id()),
+                ids_by_seq.get(&seq).map(String::as_str),
+                "webhook-id of the request for message {seq}"
+            );
+            if !seen.insert(request.webhook_id().to_owned()) {
+                duplicates += 1;
+            }
+        }
+    }
+    let overlaps: Vec<String> = watches
+        .iter()
+        .flat_map(|watch| watch.lock().unwrap().overlaps.clone())
+        .collect();
+    assert_eq!(
+        overlaps,
+        Vec::<String>::new(),
+        "no two requests with the same webhook-id overlap at one endpoint"
+    );
+    eprintln!("{duplicates} requests were repeats of a message already received");
+
+    // Nothing is left pending once the last attempts are recorded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = database.query_i64("SELECT COUNT(*) FROM deliveries WHERE status = 1");
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} deliveries are still pending 30 s after the last message arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(node_a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_deliveries_reach_the_owner_by_notification() {
+    let database = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b"] {
+        let data_dir = dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        nodes.push(
+            HookdProcess::spawn(
+                &node_settings(&database, name),
+                &data_dir,
+                &format!("{name}.log"),
+            )
+            .await,
+        );
+    }
+    wait_balanced(&[&nodes[0], &nodes[1]]).await;
+
+    // Twenty endpoints spread over the partitions of both nodes; every
+    // message goes in through node A.
+    let app = nodes[0].create_app().await;
+    let receiver = Receiver::always(Answer::ok());
+    for index in 0..20 {
+        nodes[0]
+            .create_endpoint(&app, &format!("{}{index}", receiver.url()))
+            .await;
+    }
+    let mut expected = BTreeSet::new();
+    for seq in 0..10 {
+        expected.insert(
+            nodes[0]
+                .send_message(&app, &format!(r#"{{"seq":{seq}}}"#))
+                .await,
+        );
+    }
+
+    // The safety scan runs every 15 s, so deliveries within 10 s came by
+    // notification; node B's counter confirms it.
+    let requests = receiver.wait_for_requests(200, common::WAIT).await;
+    let ids: BTreeSet<String> = requests.iter().map(|r| r.webhook_id().to_owned()).collect();
+    assert_eq!(ids, expected);
+    assert!(
+        metric(&nodes[1].api, "hookd_cluster_endpoints_woken_total").await > 0.0,
+        "node B was notified of deliveries stored by node A"
+    );
+}
