@@ -49,7 +49,7 @@ pub const CHANNEL: &str = "hookd_deliveries";
 /// Payload bytes per notification at most; PostgreSQL's limit is 8,000.
 const MAX_NOTIFY_BYTES: usize = 7_000;
 
-/// The partition of an endpoint: FNV-1a of its id, modulo [`PARTITIONS`].
+/// Returns the partition of an endpoint: FNV-1a of its id, modulo [`PARTITIONS`].
 pub fn partition_of(endpoint_id: &str) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in endpoint_id.as_bytes() {
@@ -138,7 +138,7 @@ impl Ownership {
     }
 }
 
-/// What the scheduler hands to the lease thread.
+/// A request from the scheduler to the lease thread.
 #[derive(Debug)]
 enum Command {
     /// Announce that these endpoints have new deliveries.
@@ -590,7 +590,8 @@ mod tests {
             counts[partition_of(&format!("ep_{i:08}")) as usize] += 1;
         }
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-        assert!(*min >= 60 && *max <= 145, "min {min}, max {max}");
+        assert!(*min >= 60, "fewest endpoints in a partition: {min}");
+        assert!(*max <= 145, "most endpoints in a partition: {max}");
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Row<'_> {
         let value = self.value(index)?;
         T::from_value(value).map_err(|expected| {
             StoreError::Corrupt(format!(
-                "column {index} holds {}, expected {expected}",
+                "column {index} contains {}, expected {expected}",
                 value.kind()
             ))
         })
