@@ -26,7 +26,9 @@ pub mod metric {
     pub const MESSAGES_DEDUPLICATED: &str = "hookd_messages_deduplicated_total";
     /// Counter, label `outcome`: success, retry, failed, gone, canceled.
     pub const DELIVERY_OUTCOMES: &str = "hookd_delivery_outcomes_total";
-    /// Counter, label `reason`: attempts that waited (`rate_limit`).
+    /// Counter, label `reason`: attempts that waited for the endpoint's rate
+    /// limit (`rate_limit`), or were put back because the node's lease on the
+    /// endpoint ran low while they waited (`lease`).
     pub const DEFERRED: &str = "hookd_deferred_attempts_total";
     /// Counter: API requests rejected with 429 because their token was over
     /// `api_requests_per_second`.

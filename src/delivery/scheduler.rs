@@ -171,6 +171,10 @@ impl Engine {
                 settings.max_response_bytes,
             ),
             policy: settings.retry.clone(),
+            ownership: settings
+                .cluster
+                .as_ref()
+                .map(|cluster| cluster.ownership.clone()),
         });
         let health_settings = HealthSettings {
             min_limit: settings.min_in_flight_per_endpoint,
@@ -617,7 +621,7 @@ impl Scheduler {
         }
         if let Some(queue) = self.queues.get_mut(&endpoint_id) {
             queue.claimed.remove(&delivery_id);
-            if result.store_failed {
+            if result.still_pending {
                 // The delivery is still pending in the store; a refill finds it.
                 queue.backlogged = true;
                 queue.overflow_generation += 1;

@@ -28,6 +28,8 @@ pub struct WorkerContext {
     pub rate_limiters: RateLimiters,
     /// Writes attempts to the store in batches.
     pub recorder: super::recorder::Recorder,
+    /// The node's leases in a cluster; `None` on a single node.
+    pub ownership: Option<Arc<crate::cluster::Ownership>>,
 }
 
 type Limiter = governor::DefaultDirectRateLimiter;
@@ -74,8 +76,10 @@ impl RateLimiters {
 /// The end state of a worker run, for the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunResult {
-    /// The store failed; the delivery is still pending and must be picked up again.
-    pub store_failed: bool,
+    /// No attempt was recorded, because the store failed or the node's
+    /// lease ran low before the request; the delivery is still pending and
+    /// must be picked up again.
+    pub still_pending: bool,
     /// A request was sent, so `on_sent` was called.
     pub sent: bool,
     /// Deliveries created while recording, such as operational webhooks.
@@ -92,15 +96,20 @@ pub async fn run(context: Arc<WorkerContext>, delivery_id: i64, on_sent: OnSent)
     let outcome = attempt(&context, delivery_id, &mut on_sent).await;
     let sent = on_sent.is_none();
     match outcome {
-        Ok(new_deliveries) => RunResult {
-            store_failed: false,
+        Ok(Attempted::HeldBack) => RunResult {
+            still_pending: true,
+            sent,
+            new_deliveries: Vec::new(),
+        },
+        Ok(Attempted::Done(new_deliveries)) => RunResult {
+            still_pending: false,
             sent,
             new_deliveries,
         },
         Err(err) => {
             tracing::error!(delivery_id, error = %err, "cannot record a delivery attempt; it stays pending");
             RunResult {
-                store_failed: true,
+                still_pending: true,
                 sent,
                 new_deliveries: Vec::new(),
             }
@@ -122,17 +131,26 @@ fn health_signal(outcome: &Outcome, duration: std::time::Duration) -> Signal {
     }
 }
 
+/// How [`attempt`] ended without a store error.
+enum Attempted {
+    /// Recorded, or not needed; with the deliveries the record created.
+    Done(Vec<NewDelivery>),
+    /// Not sent, because this node's lease on the endpoint's partition
+    /// would not outlast the request.
+    HeldBack,
+}
+
 async fn attempt(
     context: &WorkerContext,
     delivery_id: i64,
     on_sent: &mut Option<OnSent>,
-) -> Result<Vec<NewDelivery>, StoreError> {
+) -> Result<Attempted, StoreError> {
     let loaded = context
         .store
         .read(move |conn| deliveries::load_for_send(conn, delivery_id))
         .await?;
     let Some(loaded) = loaded else {
-        return Ok(Vec::new());
+        return Ok(Attempted::Done(Vec::new()));
     };
     let delivery = loaded.delivery;
     let now = now_ms();
@@ -140,7 +158,7 @@ async fn attempt(
         || delivery.next_attempt_at.is_none_or(|at| at > now)
     {
         // Finished or rescheduled since it was queued.
-        return Ok(Vec::new());
+        return Ok(Attempted::Done(Vec::new()));
     }
     let (endpoint, payload) = match (loaded.endpoint, loaded.message.payload) {
         (Some(endpoint), Some(payload)) if !endpoint.disabled => (endpoint, payload),
@@ -156,7 +174,7 @@ async fn attempt(
                 .store
                 .write(move |conn| deliveries::cancel(conn, delivery_id, now))
                 .await
-                .map(|()| Vec::new());
+                .map(|()| Attempted::Done(Vec::new()));
         }
     };
 
@@ -166,6 +184,16 @@ async fn attempt(
         if context.rate_limiters.until_ready(&endpoint.id, rate).await {
             metrics::counter!(metric::DEFERRED, "reason" => "rate_limit").increment(1);
         }
+    }
+    // The rate limit may have held the request for a while: in a cluster,
+    // send it only if the lease still outlasts it.
+    if context
+        .ownership
+        .as_ref()
+        .is_some_and(|ownership| !ownership.may_start(&endpoint.id))
+    {
+        metrics::counter!(metric::DEFERRED, "reason" => "lease").increment(1);
+        return Ok(Attempted::HeldBack);
     }
     let now = now_ms();
     let timestamp = now / 1000;
@@ -289,5 +317,5 @@ async fn attempt(
     if recorded.is_err() {
         metrics::counter!(metric::STORE_ERRORS, "operation" => "record_attempt").increment(1);
     }
-    recorded
+    recorded.map(Attempted::Done)
 }
