@@ -405,3 +405,73 @@ async fn new_deliveries_reach_the_owner_by_notification() {
         "node B was notified of deliveries stored by node A"
     );
 }
+
+/// Returns the most requests that were in progress at once, for requests
+/// that each take `delay` from the moment they were read.
+fn max_concurrent(requests: &[Received], delay: Duration) -> usize {
+    let mut starts: Vec<Instant> = requests.iter().map(|r| r.at).collect();
+    starts.sort();
+    let mut most = 0;
+    for (index, start) in starts.iter().enumerate() {
+        let overlapping = starts[index..]
+            .iter()
+            .take_while(|later| later.duration_since(*start) < delay)
+            .count();
+        most = most.max(overlapping);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoint_limits_hold_across_nodes() {
+    let database = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        let data_dir = dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let settings = node_settings(&database, name)
+            .set("HOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "2")
+            .set("HOOKD_INITIAL_IN_FLIGHT_PER_ENDPOINT", "2");
+        nodes.push(HookdProcess::spawn(&settings, &data_dir, &format!("{name}.log")).await);
+    }
+    wait_balanced(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+
+    // One endpoint that takes 200 ms per request, and one limited to 5
+    // messages per second. Every node accepts a third of the messages, so
+    // without one owner per endpoint each node would send its own share.
+    let delay = Duration::from_millis(200);
+    let slow = Receiver::always(Answer::ok().after(delay));
+    let limited = Receiver::always(Answer::ok());
+    let slow_app = nodes[0].create_app().await;
+    nodes[0].create_endpoint(&slow_app, &slow.url()).await;
+    let limited_app = nodes[0].create_app().await;
+    nodes[0]
+        .create_endpoint_with(&limited_app, json!({"url": limited.url(), "rateLimit": 5}))
+        .await;
+    for n in 0..30 {
+        let node = &nodes[n % 3];
+        node.send_message(&slow_app, &format!(r#"{{"n":{n}}}"#)).await;
+        node.send_message(&limited_app, &format!(r#"{{"n":{n}}}"#))
+            .await;
+    }
+
+    let slow_requests = slow.wait_for_requests(30, Duration::from_secs(30)).await;
+    assert_eq!(slow_requests.len(), 30);
+    let concurrent = max_concurrent(&slow_requests, delay);
+    assert!(
+        concurrent <= 2,
+        "{concurrent} requests were in flight at once to an endpoint capped at 2"
+    );
+
+    // A burst of 5, then one every 200 ms: the 30th request comes at least
+    // 5 s after the first. Three nodes each sending at 5 per second would
+    // finish in under 2 s.
+    let limited_requests = limited.wait_for_requests(30, Duration::from_secs(30)).await;
+    assert_eq!(limited_requests.len(), 30);
+    let span = limited_requests[29].at.duration_since(limited_requests[0].at);
+    assert!(
+        span >= Duration::from_millis(4600),
+        "30 requests at 5 per second took only {span:?}"
+    );
+}
