@@ -872,6 +872,63 @@ mod tests {
     }
 
     #[test]
+    fn database_url_selects_postgres() {
+        let url = "postgres://hookd:secret-pw@127.0.0.1:5432/hookd";
+        let config = Config::load(None, env(&[("HOOKD_DATABASE_URL", url)])).unwrap();
+        assert_eq!(config.database_url.as_deref(), Some(url));
+        assert_eq!(config.database().dialect(), crate::store::Dialect::Postgres);
+        assert!(!config.database().describe().contains("secret-pw"));
+        assert_eq!(Config::defaults().database_url, None);
+        assert_eq!(
+            Config::defaults().database().dialect(),
+            crate::store::Dialect::Sqlite
+        );
+    }
+
+    #[test]
+    fn database_url_other_scheme_is_rejected() {
+        let err = Config::load(
+            None,
+            env(&[("HOOKD_DATABASE_URL", "mysql://root:pw@127.0.0.1/hookd")]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HOOKD_DATABASE_URL"), "{text}");
+        assert!(text.contains("postgres://"), "{text}");
+        assert!(!text.contains(":pw@"), "the password is not echoed: {text}");
+    }
+
+    #[test]
+    fn lease_shorter_than_attempts_is_rejected() {
+        let err = Config::load(
+            None,
+            env(&[
+                ("HOOKD_REQUEST_TIMEOUT", "10s"),
+                ("HOOKD_LEASE_DURATION", "20s"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HOOKD_LEASE_DURATION"), "{text}");
+        assert!(text.contains("25s"), "the minimum is named: {text}");
+    }
+
+    #[test]
+    fn lease_defaults_to_30s_or_twice_timeout() {
+        assert_eq!(Config::defaults().lease_duration, Duration::from_secs(30));
+        let long = Config::load(None, env(&[("HOOKD_REQUEST_TIMEOUT", "60s")])).unwrap();
+        assert_eq!(long.lease_duration, Duration::from_secs(125));
+    }
+
+    #[test]
+    fn node_id_with_spaces_is_rejected() {
+        let err = Config::load(None, env(&[("HOOKD_NODE_ID", "node one")])).unwrap_err();
+        assert!(err.to_string().contains("HOOKD_NODE_ID"), "{err}");
+        let config = Config::load(None, env(&[("HOOKD_NODE_ID", "hookd-1.eu")])).unwrap();
+        assert_eq!(config.node_id, "hookd-1.eu");
+    }
+
+    #[test]
     fn empty_schedule_entry_is_rejected() {
         let err = Config::load(None, env(&[("HOOKD_RETRY_SCHEDULE", "30s,,90s")])).unwrap_err();
         assert!(err.to_string().contains("empty entry"), "{err}");
