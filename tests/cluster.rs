@@ -451,7 +451,8 @@ async fn endpoint_limits_hold_across_nodes() {
         .await;
     for n in 0..30 {
         let node = &nodes[n % 3];
-        node.send_message(&slow_app, &format!(r#"{{"n":{n}}}"#)).await;
+        node.send_message(&slow_app, &format!(r#"{{"n":{n}}}"#))
+            .await;
         node.send_message(&limited_app, &format!(r#"{{"n":{n}}}"#))
             .await;
     }
@@ -469,7 +470,9 @@ async fn endpoint_limits_hold_across_nodes() {
     // finish in under 2 s.
     let limited_requests = limited.wait_for_requests(30, Duration::from_secs(30)).await;
     assert_eq!(limited_requests.len(), 30);
-    let span = limited_requests[29].at.duration_since(limited_requests[0].at);
+    let span = limited_requests[29]
+        .at
+        .duration_since(limited_requests[0].at);
     assert!(
         span >= Duration::from_millis(4600),
         "30 requests at 5 per second took only {span:?}"

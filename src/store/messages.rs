@@ -66,7 +66,22 @@ pub fn create(conn: &Conn, message: Message) -> Result<Created> {
         }
     }
 
-    insert(conn, &message)?;
+    // Another node may store the same event id between the check above and
+    // this insert. The insert then changes nothing, and that node's message
+    // is the one returned.
+    if !insert_unless_event_id_taken(conn, &message)? {
+        let event_id = message.event_id.as_deref().unwrap_or_default();
+        let existing = get_by_event_id(conn, &message.app_id, event_id)?.ok_or_else(|| {
+            super::StoreError::Corrupt(format!(
+                "message with event id {event_id:?} conflicts but cannot be read"
+            ))
+        })?;
+        return Ok(Created {
+            message: existing,
+            deliveries: Vec::new(),
+            is_new: false,
+        });
+    }
 
     let mut deliveries = Vec::new();
     for endpoint in super::endpoints::list_enabled_cached(conn, &message.app_id)?.iter() {
@@ -117,8 +132,24 @@ pub fn create_for_endpoint(
 }
 
 fn insert(conn: &Conn, message: &Message) -> Result<()> {
+    insert_with(conn, message, "")?;
+    Ok(())
+}
+
+/// Inserts a message unless its application already has a message with
+/// its `event_id`, and returns whether it inserted.
+fn insert_unless_event_id_taken(conn: &Conn, message: &Message) -> Result<bool> {
+    let inserted = insert_with(conn, message, " ON CONFLICT (app_id, event_id) DO NOTHING")?;
+    Ok(inserted == 1)
+}
+
+/// Inserts a message with `on_conflict` appended to the statement, and
+/// returns the rows inserted.
+fn insert_with(conn: &Conn, message: &Message, on_conflict: &str) -> Result<usize> {
     conn.execute(
-        &format!("INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        &format!(
+            "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8){on_conflict}"
+        ),
         params![
             message.id,
             message.app_id,
@@ -129,8 +160,7 @@ fn insert(conn: &Conn, message: &Message) -> Result<()> {
             message.payload,
             message.created_at
         ],
-    )?;
-    Ok(())
+    )
 }
 
 fn get_by_event_id(conn: &Conn, app_id: &str, event_id: &str) -> Result<Option<Message>> {
