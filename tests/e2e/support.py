@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,26 @@ DEFAULT_HOOKD_ENV = {
     "HOOKD_RETRY_SCHEDULE": "1s",
     "HOOKD_REQUEST_TIMEOUT": "2s",
 }
+
+
+def postgres_admin_url() -> Optional[str]:
+    """Return HOOKD_E2E_POSTGRES_URL: with it, every hookd runs on a database of its own there."""
+    return os.environ.get("HOOKD_E2E_POSTGRES_URL") or None
+
+
+def run_psql(admin_url: str, sql: str) -> None:
+    """Run one SQL statement on the PostgreSQL server with psql."""
+    subprocess.run(
+        ["psql", admin_url, "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def database_url(admin_url: str, name: str) -> str:
+    """Return `admin_url` with its database replaced by `name`."""
+    parts = urllib.parse.urlsplit(admin_url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
 def hookd_binary() -> Path:
@@ -161,6 +182,8 @@ class HookdPool:
     def __init__(self, base_dir: Path, active: list[HookdInstance]) -> None:
         self.base_dir = base_dir
         self.instances: list[HookdInstance] = []
+        # Databases created for the instances, dropped by stop_all.
+        self.databases: list[str] = []
         # Instances whose logs are attached to the report of a failing test.
         self._active = active
 
@@ -174,7 +197,14 @@ class HookdPool:
             )
         data_dir = self.base_dir / f"hookd-{len(self.instances)}"
         data_dir.mkdir()
-        instance = HookdInstance(binary, data_dir, {**DEFAULT_HOOKD_ENV, **(env or {})})
+        instance_env = {**DEFAULT_HOOKD_ENV, **(env or {})}
+        admin_url = postgres_admin_url()
+        if admin_url is not None:
+            name = f"hookd_e2e_{os.getpid()}_{int(time.time() * 1000)}_{len(self.instances)}"
+            run_psql(admin_url, f"CREATE DATABASE {name}")
+            self.databases.append(name)
+            instance_env["HOOKD_DATABASE_URL"] = database_url(admin_url, name)
+        instance = HookdInstance(binary, data_dir, instance_env)
         self.instances.append(instance)
         self._active.append(instance)
         instance.start()
@@ -186,6 +216,11 @@ class HookdPool:
         for instance in self.instances:
             instance.stop()
             self._active.remove(instance)
+        admin_url = postgres_admin_url()
+        for name in self.databases:
+            if admin_url is not None:
+                run_psql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.databases.clear()
 
 
 # ---------------------------------------------------------------------------
