@@ -2,7 +2,7 @@
 
 use super::sql::{params, Conn, Row};
 
-use super::{from_json, to_json, PageRequest, Result};
+use super::{from_json, to_json, PageRequest, Result, StoreError};
 use crate::model::{ids, DeliveryStatus, Message, Millis, Trigger};
 
 pub(crate) const COLUMNS: &str =
@@ -66,7 +66,23 @@ pub fn create(conn: &Conn, message: Message) -> Result<Created> {
         }
     }
 
-    insert(conn, &message)?;
+    if !insert(conn, &message)? {
+        // Another writer stored a message with this event id after the
+        // lookup above: another node on PostgreSQL, whose transaction this
+        // insert waited for.
+        let event_id = message.event_id.as_deref().unwrap_or_default();
+        let existing = get_by_event_id(conn, &message.app_id, event_id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "event id {event_id:?} conflicts with no message of {}",
+                message.app_id
+            ))
+        })?;
+        return Ok(Created {
+            message: existing,
+            deliveries: Vec::new(),
+            is_new: false,
+        });
+    }
 
     let mut deliveries = Vec::new();
     for endpoint in super::endpoints::list_enabled_cached(conn, &message.app_id)?.iter() {
@@ -101,7 +117,9 @@ pub fn create_for_endpoint(
     message: &Message,
     endpoint_id: &str,
 ) -> Result<NewDelivery> {
-    insert(conn, message)?;
+    if !insert(conn, message)? {
+        return Err(StoreError::Conflict("eventId".to_owned()));
+    }
     let delivery_id = super::deliveries::insert(
         conn,
         &message.id,
@@ -116,9 +134,14 @@ pub fn create_for_endpoint(
     })
 }
 
-fn insert(conn: &Conn, message: &Message) -> Result<()> {
-    conn.execute(
-        &format!("INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+/// Inserts a message unless the application has one with its `event_id`,
+/// and returns whether it did.
+fn insert(conn: &Conn, message: &Message) -> Result<bool> {
+    let changed = conn.execute(
+        &format!(
+            "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (app_id, event_id) DO NOTHING"
+        ),
         params![
             message.id,
             message.app_id,
@@ -130,7 +153,7 @@ fn insert(conn: &Conn, message: &Message) -> Result<()> {
             message.created_at
         ],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 fn get_by_event_id(conn: &Conn, app_id: &str, event_id: &str) -> Result<Option<Message>> {
