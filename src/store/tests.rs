@@ -4,12 +4,14 @@
 //! more of the list.
 
 mod concurrency;
+mod migrations;
 mod operations;
 mod pagination;
 
 use std::collections::BTreeMap;
 
 use concurrency::*;
+use migrations::*;
 use operations::*;
 use pagination::*;
 
@@ -1007,4 +1009,7 @@ conformance!(
     tasks_page_with_filters,
     endpoint_messages_page_in_id_order,
     two_stores_write_at_once,
+    store_opens_previous_schema,
+    second_migrate_changes_nothing,
+    newer_schema_is_rejected,
 );
