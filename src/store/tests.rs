@@ -1,11 +1,13 @@
 //! The store's conformance suite: every test runs against a real SQLite
 //! file and against a real PostgreSQL database (see [`TestDb`]), through
 //! the `conformance!` list at the end of this file. The submodules hold
-//! more of the list.
+//! more of the list, and the tests that need one backend only: migrations
+//! and a PostgreSQL server that drops its connections.
 
 mod concurrency;
 mod migrations;
 mod operations;
+mod outage;
 mod pagination;
 
 use std::collections::BTreeMap;
