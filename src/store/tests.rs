@@ -1014,4 +1014,5 @@ conformance!(
     store_opens_previous_schema,
     second_migrate_changes_nothing,
     newer_schema_is_rejected,
+    attempt_response_with_nul_is_stored,
 );

@@ -1442,3 +1442,34 @@ pub(super) async fn operational_endpoints_follow_config(backend: Backend) {
     assert_eq!(none, None);
     assert_eq!(listed(&app_id).await, vec![]);
 }
+
+pub(super) async fn attempt_response_with_nul_is_stored(backend: Backend) {
+    let (_db, store, ep) = store_with_endpoint(backend).await;
+    let created = create_message(&store, message("app_1", "a", None, 10)).await;
+    let mut attempt = failed_attempt(
+        created.deliveries[0].delivery_id,
+        &created.message.id,
+        &ep.id,
+        "app_1",
+    );
+    // A receiver's body may hold NUL bytes, which PostgreSQL text cannot.
+    attempt.response = "before\0after".to_owned();
+    let saved = attempt.clone();
+    write_ok(&store, move |conn| {
+        deliveries::record_attempt(
+            conn,
+            &saved,
+            deliveries::NextStep::RetryAt(100),
+            20,
+            &deliveries::RecordRules::default(),
+        )
+    })
+    .await;
+    let (msg_id, id) = (attempt.msg_id.clone(), attempt.id.clone());
+    let found = read_ok(&store, move |conn| {
+        attempts::get(conn, "app_1", &msg_id, &id)
+    })
+    .await
+    .unwrap();
+    assert_eq!(found.response, "before\u{fffd}after");
+}
