@@ -115,12 +115,7 @@ async fn outage_answers_503_and_loses_nothing() {
             request.assert_signed(secret);
         }
     }
-    let listed: Vec<String> = hookd
-        .all_messages(&app)
-        .await
-        .iter()
-        .map(|m| id_of(m))
-        .collect();
+    let listed: Vec<String> = hookd.all_messages(&app).await.iter().map(id_of).collect();
     let accepted: Vec<String> = accepted.into_iter().cloned().collect();
     assert_eq!(listed, accepted, "the messages stored, oldest first");
 

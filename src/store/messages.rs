@@ -73,7 +73,8 @@ pub fn create(conn: &Conn, message: Message) -> Result<Created> {
         let event_id = message.event_id.as_deref().unwrap_or_default();
         let existing = get_by_event_id(conn, &message.app_id, event_id)?.ok_or_else(|| {
             StoreError::Corrupt(format!(
-                "event id {event_id:?} conflicts with no message of {}",
+                "the insert of event id {event_id:?} of application {} conflicted, \
+                 but no message has that event id",
                 message.app_id
             ))
         })?;

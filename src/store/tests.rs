@@ -147,6 +147,34 @@ where
     store.read(f).await.expect("the read succeeds")
 }
 
+/// Stores `rows` with `insert` in one write job, in the order given.
+async fn insert_all<R, T>(store: &Store, rows: Vec<R>, insert: fn(&Conn, &R) -> Result<T>)
+where
+    R: Send + 'static,
+    T: 'static,
+{
+    write_ok(store, move |conn| {
+        for row in &rows {
+            insert(conn, row)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `f` in a write job and checks that it fails with a conflict on `field`.
+async fn assert_conflict<T, F>(store: &Store, field: &str, f: F)
+where
+    T: Send + std::fmt::Debug + 'static,
+    F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+{
+    let err = store.write(f).await.expect_err("the write conflicts");
+    assert!(
+        matches!(&err, StoreError::Conflict(name) if name == field),
+        "{err:?}"
+    );
+}
+
 fn endpoint(app_id: &str, event_types: Option<Vec<&str>>) -> Endpoint {
     Endpoint {
         id: ids::new_id(ids::ENDPOINT),

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-/// A database created for one test on the test server, dropped on drop.
+/// A database made for one test on the test server. Dropping the value
+/// drops the database.
 pub struct TestDatabase {
     pub name: String,
     /// URL of the database, for `HOOKD_DATABASE_URL`.

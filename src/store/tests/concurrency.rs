@@ -51,11 +51,8 @@ pub(super) async fn two_stores_write_at_once(backend: Backend) {
     let first = db.open(None).unwrap();
     let endpoints = vec![endpoint("app_1", None), endpoint("app_1", None)];
     let saved = endpoints.clone();
-    write_ok(&first, move |conn| {
-        for endpoint in &saved {
-            endpoints::save(conn, endpoint, false)?;
-        }
-        Ok(())
+    insert_all(&first, saved, |conn, endpoint| {
+        endpoints::save(conn, endpoint, false)
     })
     .await;
     let second = db.open(None).unwrap();

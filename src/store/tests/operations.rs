@@ -35,11 +35,8 @@ pub(super) fn event_type(name: &str, feature_flags: Option<Vec<&str>>) -> EventT
 /// Saves endpoints and returns them as saved.
 async fn save_endpoints(store: &Store, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
     let saved = endpoints.clone();
-    write_ok(store, move |conn| {
-        for endpoint in &saved {
-            endpoints::save(conn, endpoint, false)?;
-        }
-        Ok(())
+    insert_all(store, saved, |conn, endpoint| {
+        endpoints::save(conn, endpoint, false)
     })
     .await;
     endpoints
@@ -48,6 +45,30 @@ async fn save_endpoints(store: &Store, endpoints: Vec<Endpoint>) -> Vec<Endpoint
 /// Stores a message and returns it with the deliveries fan-out made.
 async fn create_message(store: &Store, message: Message) -> messages::Created {
     write_ok(store, move |conn| messages::create(conn, message)).await
+}
+
+/// Checks that exactly one delivery was created and returns its message.
+async fn message_of_only_delivery(store: &Store, created: &[messages::NewDelivery]) -> Message {
+    assert_eq!(created.len(), 1, "{created:?}");
+    let delivery_id = created[0].delivery_id;
+    read_ok(store, move |conn| {
+        deliveries::load_for_send(conn, delivery_id)
+    })
+    .await
+    .expect("the delivery exists")
+    .message
+}
+
+/// Stores a message of app_1, which `endpoint` takes, and returns a failed
+/// attempt of its delivery, not yet stored.
+async fn attempt_of_new_message(store: &Store, endpoint: &Endpoint) -> Attempt {
+    let created = create_message(store, message("app_1", "a", None, 10)).await;
+    failed_attempt(
+        created.deliveries[0].delivery_id,
+        &created.message.id,
+        &endpoint.id,
+        "app_1",
+    )
 }
 
 /// Reads the `failing_since` column, which the endpoint model does not carry.
@@ -126,23 +147,23 @@ pub(super) async fn application_delete_removes_its_rows(backend: Backend) {
     let db = TestDb::new(backend);
     let store = db.open(None).unwrap();
     let doomed = application(None, "Doomed");
-    let kept = application(None, "Kept");
-    let (doomed_id, kept_id) = (doomed.id.clone(), kept.id.clone());
+    let remaining = application(None, "Remaining");
+    let (doomed_id, remaining_id) = (doomed.id.clone(), remaining.id.clone());
     write_ok(&store, move |conn| {
         applications::insert(conn, &doomed)?;
-        applications::insert(conn, &kept)
+        applications::insert(conn, &remaining)
     })
     .await;
     let saved_endpoints = save_endpoints(
         &store,
-        vec![endpoint(&doomed_id, None), endpoint(&kept_id, None)],
+        vec![endpoint(&doomed_id, None), endpoint(&remaining_id, None)],
     )
     .await;
     let mut created = Vec::new();
-    for app_id in [&doomed_id, &kept_id] {
+    for app_id in [&doomed_id, &remaining_id] {
         created.push(create_message(&store, message(app_id, "a", None, 5)).await);
     }
-    for (index, (app_id, created)) in [&doomed_id, &kept_id].iter().zip(&created).enumerate() {
+    for (index, (app_id, created)) in [&doomed_id, &remaining_id].iter().zip(&created).enumerate() {
         let attempt = failed_attempt(
             created.deliveries[0].delivery_id,
             &created.message.id,
@@ -179,7 +200,7 @@ pub(super) async fn application_delete_removes_its_rows(backend: Backend) {
         } else {
             "app_id"
         };
-        let (doomed_id, kept_id) = (doomed_id.clone(), kept_id.clone());
+        let (doomed_id, remaining_id) = (doomed_id.clone(), remaining_id.clone());
         let counts: (i64, i64) = read_ok(&store, move |conn| {
             let count = |app_id: &str| {
                 conn.query_one(
@@ -188,7 +209,7 @@ pub(super) async fn application_delete_removes_its_rows(backend: Backend) {
                     |row| row.get::<i64>(0),
                 )
             };
-            Ok((count(&doomed_id)?, count(&kept_id)?))
+            Ok((count(&doomed_id)?, count(&remaining_id)?))
         })
         .await;
         assert_eq!(counts, (0, 1), "rows in {table}");
@@ -208,26 +229,18 @@ pub(super) async fn application_uid_conflict_keeps_row(backend: Backend) {
     .await;
 
     let second = application(Some("shop"), "Second");
-    let err = store
-        .write(move |conn| applications::insert(conn, &second))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(field) if field == "uid"),
-        "{err:?}"
-    );
+    assert_conflict(&store, "uid", move |conn| {
+        applications::insert(conn, &second)
+    })
+    .await;
 
     let mut taking = other.clone();
     taking.uid = Some("shop".to_owned());
     taking.name = "Taken".to_owned();
-    let err = store
-        .write(move |conn| applications::update(conn, &taking))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(field) if field == "uid"),
-        "{err:?}"
-    );
+    assert_conflict(&store, "uid", move |conn| {
+        applications::update(conn, &taking)
+    })
+    .await;
 
     let found = read_ok(&store, |conn| applications::get(conn, "shop")).await;
     assert_eq!(found, Some(first));
@@ -252,27 +265,19 @@ pub(super) async fn endpoint_uid_conflict_within_app(backend: Backend) {
 
     let mut second = endpoint("app_1", None);
     second.uid = Some("main".to_owned());
-    let err = store
-        .write(move |conn| endpoints::save(conn, &second, false))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(field) if field == "uid"),
-        "{err:?}"
-    );
+    assert_conflict(&store, "uid", move |conn| {
+        endpoints::save(conn, &second, false)
+    })
+    .await;
 
     // Renaming another endpoint to a taken uid is a conflict too.
     let mut renamed = spare.clone();
     renamed.uid = Some("main".to_owned());
     renamed.url = "http://127.0.0.1:9/renamed".to_owned();
-    let err = store
-        .write(move |conn| endpoints::save(conn, &renamed, true))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(field) if field == "uid"),
-        "{err:?}"
-    );
+    assert_conflict(&store, "uid", move |conn| {
+        endpoints::save(conn, &renamed, true)
+    })
+    .await;
 
     let found = read_ok(&store, |conn| endpoints::get(conn, "app_1", "main")).await;
     assert_eq!(found.as_ref(), Some(&first));
@@ -300,14 +305,10 @@ pub(super) async fn event_type_name_conflict_keeps_row(backend: Backend) {
     let mut second = event_type("invoice.paid", Some(vec!["beta"]));
     second.description = "second".to_owned();
     let attempt = second.clone();
-    let err = store
-        .write(move |conn| event_types::save(conn, &attempt, false))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(field) if field == "name"),
-        "{err:?}"
-    );
+    assert_conflict(&store, "name", move |conn| {
+        event_types::save(conn, &attempt, false)
+    })
+    .await;
     let found = read_ok(&store, |conn| event_types::get(conn, "invoice.paid")).await;
     assert_eq!(found, Some(first));
 
@@ -460,18 +461,12 @@ pub(super) async fn endpoint_state_change_emits_event(backend: Backend) {
         endpoints::save_with_events(conn, &disabled, false, Some(&ops), 1_700_000_000_000)
     })
     .await;
-    assert_eq!(created.len(), 1);
     assert_eq!(failing_since(&store, &ep.id).await, None);
-    let delivery_id = created[0].delivery_id;
-    let sent = read_ok(&store, move |conn| {
-        deliveries::load_for_send(conn, delivery_id)
-    })
-    .await
-    .unwrap();
-    assert_eq!(sent.message.app_id, ops_app);
-    assert_eq!(sent.message.event_type, operational::ENDPOINT_DISABLED);
+    let sent = message_of_only_delivery(&store, &created).await;
+    assert_eq!(sent.app_id, ops_app);
+    assert_eq!(sent.event_type, operational::ENDPOINT_DISABLED);
     let payload: serde_json::Value =
-        serde_json::from_str(sent.message.payload.as_deref().unwrap()).unwrap();
+        serde_json::from_str(sent.payload.as_deref().unwrap()).unwrap();
     assert_eq!(
         payload,
         json!({
@@ -504,14 +499,8 @@ pub(super) async fn endpoint_state_change_emits_event(backend: Backend) {
         endpoints::save_with_events(conn, &enabled, true, Some(&ops), 1_700_000_000_002)
     })
     .await;
-    assert_eq!(created.len(), 1);
-    let delivery_id = created[0].delivery_id;
-    let sent = read_ok(&store, move |conn| {
-        deliveries::load_for_send(conn, delivery_id)
-    })
-    .await
-    .unwrap();
-    assert_eq!(sent.message.event_type, operational::ENDPOINT_ENABLED);
+    let sent = message_of_only_delivery(&store, &created).await;
+    assert_eq!(sent.event_type, operational::ENDPOINT_ENABLED);
     let id = ep.id.clone();
     let found = read_ok(&store, move |conn| endpoints::get_by_id(conn, &id)).await;
     assert_eq!(found, Some(ep));
@@ -555,11 +544,8 @@ pub(super) async fn event_types_round_trip(backend: Backend) {
     let beta = event_type("beta.thing", Some(vec!["beta"]));
     let both = event_type("alpha.both", Some(vec!["beta", "gamma"]));
     let all = vec![paid.clone(), void.clone(), beta.clone(), both.clone()];
-    write_ok(&store, move |conn| {
-        for event_type in &all {
-            event_types::save(conn, event_type, false)?;
-        }
-        Ok(())
+    insert_all(&store, all, |conn, event_type| {
+        event_types::save(conn, event_type, false)
     })
     .await;
 
@@ -675,17 +661,16 @@ pub(super) async fn messages_round_trip(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(found.trigger, Trigger::Manual);
-    let taken = message("app_1", "a", Some("order-1"), 30);
-    let (taken_id, endpoint_id) = (taken.id.clone(), second_ep.id.clone());
-    let err = store
-        .write(move |conn| messages::create_for_endpoint(conn, &taken, &endpoint_id))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(field) if field == "eventId"),
-        "{err:?}"
-    );
-    let found = read_ok(&store, move |conn| messages::get(conn, "app_1", &taken_id)).await;
+    let conflicting = message("app_1", "a", Some("order-1"), 30);
+    let (conflicting_id, endpoint_id) = (conflicting.id.clone(), second_ep.id.clone());
+    assert_conflict(&store, "eventId", move |conn| {
+        messages::create_for_endpoint(conn, &conflicting, &endpoint_id)
+    })
+    .await;
+    let found = read_ok(&store, move |conn| {
+        messages::get(conn, "app_1", &conflicting_id)
+    })
+    .await;
     assert_eq!(found, None, "the conflicting message is not stored");
 
     let id = sent.id.clone();
@@ -885,8 +870,8 @@ pub(super) async fn deliveries_round_trip(backend: Backend) {
         ]
     );
 
-    // A resend of m1, canceled before its attempt; m3 is retrying and m4
-    // waits for its first attempt.
+    // A resend of m1 is canceled before its attempt. Then m3 is retrying
+    // and m4 waits for its first attempt.
     let (msg_id, endpoint_id) = (m1.message.id.clone(), first.clone());
     let d4 = write_ok(&store, move |conn| {
         deliveries::create_manual(conn, &msg_id, &endpoint_id, "app_1", 400)
@@ -984,13 +969,7 @@ pub(super) async fn deliveries_round_trip(backend: Backend) {
 
 pub(super) async fn attempts_round_trip(backend: Backend) {
     let (_db, store, ep) = store_with_endpoint(backend).await;
-    let created = create_message(&store, message("app_1", "a", None, 10)).await;
-    let mut attempt = failed_attempt(
-        created.deliveries[0].delivery_id,
-        &created.message.id,
-        &ep.id,
-        "app_1",
-    );
+    let mut attempt = attempt_of_new_message(&store, &ep).await;
     attempt.status = DeliveryStatus::Success;
     attempt.response_status = 200;
     attempt.response = "accepted".to_owned();
@@ -1038,13 +1017,7 @@ pub(super) async fn app_tokens_round_trip(backend: Backend) {
     let second = app_token(2, "app_1", Some("s2"), 2_000);
     let other = app_token(3, "app_2", None, 3_000);
     let saved = vec![first.clone(), second.clone(), other.clone()];
-    write_ok(&store, move |conn| {
-        for token in &saved {
-            app_tokens::insert(conn, token)?;
-        }
-        Ok(())
-    })
-    .await;
+    insert_all(&store, saved, app_tokens::insert).await;
     let get = |byte: u8| {
         let store = store.clone();
         async move { read_ok(&store, move |conn| app_tokens::get(conn, &[byte; 32])).await }
@@ -1119,7 +1092,7 @@ pub(super) async fn dead_letters_round_trip(backend: Backend) {
     let second = dead_letter("orders", "orders/0/2", None);
     let elsewhere = dead_letter("events", "orders/0/1", None);
     let repeated = dead_letter("orders", "orders/0/1", None);
-    let letters = vec![first.clone(), second.clone(), elsewhere, repeated];
+    let letters = [first.clone(), second.clone(), elsewhere, repeated];
     let inserted = write_ok(&store, move |conn| {
         letters
             .iter()
@@ -1287,13 +1260,7 @@ pub(super) async fn tasks_round_trip(backend: Backend) {
     }
     let running = task(TaskKind::ReplayMissing, &ep, 0, 10);
     let saved = [vec![full.clone()], ended.clone(), vec![running.clone()]].concat();
-    write_ok(&store, move |conn| {
-        for task in &saved {
-            tasks::insert(conn, task)?;
-        }
-        Ok(())
-    })
-    .await;
+    insert_all(&store, saved, tasks::insert).await;
 
     let id = full.id.clone();
     assert_eq!(
@@ -1402,17 +1369,11 @@ pub(super) async fn operational_endpoints_follow_config(backend: Backend) {
         )
     })
     .await;
-    assert_eq!(created.len(), 1);
-    let delivery_id = created[0].delivery_id;
-    let sent = read_ok(&store, move |conn| {
-        deliveries::load_for_send(conn, delivery_id)
-    })
-    .await
-    .unwrap();
-    assert_eq!(sent.message.event_type, operational::ATTEMPT_EXHAUSTED);
-    assert_eq!(sent.message.created_at, 1_700_000_000_000);
+    let sent = message_of_only_delivery(&store, &created).await;
+    assert_eq!(sent.event_type, operational::ATTEMPT_EXHAUSTED);
+    assert_eq!(sent.created_at, 1_700_000_000_000);
     let payload: serde_json::Value =
-        serde_json::from_str(sent.message.payload.as_deref().unwrap()).unwrap();
+        serde_json::from_str(sent.payload.as_deref().unwrap()).unwrap();
     assert_eq!(
         payload,
         json!({
@@ -1445,13 +1406,7 @@ pub(super) async fn operational_endpoints_follow_config(backend: Backend) {
 
 pub(super) async fn attempt_response_with_nul_is_stored(backend: Backend) {
     let (_db, store, ep) = store_with_endpoint(backend).await;
-    let created = create_message(&store, message("app_1", "a", None, 10)).await;
-    let mut attempt = failed_attempt(
-        created.deliveries[0].delivery_id,
-        &created.message.id,
-        &ep.id,
-        "app_1",
-    );
+    let mut attempt = attempt_of_new_message(&store, &ep).await;
     // A receiver's body may hold NUL bytes, which PostgreSQL text cannot.
     attempt.response = "before\0after".to_owned();
     let saved = attempt.clone();

@@ -1,7 +1,7 @@
 //! A PostgreSQL database that drops its connections and rejects new ones
-//! for a while: writes and reads fail with an error that the API turns into
-//! 503, nothing committed is lost, and the same [`Store`] works again by
-//! itself once the database takes connections.
+//! for a while. Writes and reads then fail with an error that the API turns
+//! into 503, and nothing committed is lost. The same [`Store`] works again
+//! by itself once the database takes connections.
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,28 @@ async fn message_ids(store: &Store) -> Result<Vec<String>> {
         .await
 }
 
+/// Runs `operation` until it succeeds, for up to [`RECOVERY_TIMEOUT`].
+/// Every failure before must be one that the API turns into 503.
+async fn until_recovered<T, Fut>(what: &str, mut operation: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    loop {
+        match operation().await {
+            Ok(value) => return value,
+            Err(err) => {
+                assert!(err.is_unavailable(), "{what} after the outage: {err:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the store did not {what} again within {RECOVERY_TIMEOUT:?}: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_fails_writes_then_recovers() {
     let (db, store, _) = store_with_endpoint(Backend::Postgres).await;
@@ -103,38 +125,12 @@ async fn postgres_outage_fails_writes_then_recovers() {
     }
 
     reconnect(&name);
-    let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    let after = loop {
-        match store.write(new_message(200)).await {
-            Ok(created) => break created,
-            Err(err) => {
-                assert!(err.is_unavailable(), "write after the outage: {err:?}");
-                assert!(
-                    Instant::now() < deadline,
-                    "the store did not write again within {RECOVERY_TIMEOUT:?}: {err}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let after = until_recovered("write", || store.write(new_message(200))).await;
     assert_eq!(after.deliveries.len(), 1);
 
     // The writes rejected during the outage left nothing behind.
     committed.push(after.message.id);
-    let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    let listed = loop {
-        match message_ids(&store).await {
-            Ok(listed) => break listed,
-            Err(err) => {
-                assert!(err.is_unavailable(), "read after the outage: {err:?}");
-                assert!(
-                    Instant::now() < deadline,
-                    "the store did not read again within {RECOVERY_TIMEOUT:?}: {err}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let listed = until_recovered("read", || message_ids(&store)).await;
     assert_eq!(listed, committed);
     let pending: i64 = read_ok(&store, |conn| {
         conn.query_one(

@@ -1,5 +1,5 @@
 //! Conformance tests of the lists that take a [`PageRequest`]: both orders,
-//! an iterator in each, and the one row fetched beyond the limit that tells
+//! an iterator in each, and the one row fetched beyond the limit that shows
 //! the API whether more follow.
 
 use super::operations::{application, dead_letter, event_type};
@@ -26,7 +26,7 @@ where
         // The limit covers the list, so no extra row.
         (page(n, None, false), ids.to_vec()),
         (page(n + 5, None, false), ids.to_vec()),
-        // Limit 2: three rows, the third saying that more follow.
+        // Limit 2: three rows, because the third shows that more follow.
         (page(2, None, false), ids[..3].to_vec()),
         (page(2, Some(&ids[1]), false), ids[2..5].to_vec()),
         (page(2, Some(&ids[n - 2]), false), ids[n - 1..].to_vec()),
@@ -55,12 +55,9 @@ pub(super) async fn applications_page_in_id_order(backend: Backend) {
         .map(|n| application(Some(&format!("app-{n}")), "App"))
         .collect();
     let ids: Vec<String> = apps.iter().map(|a| a.id.clone()).collect();
-    write_ok(&store, move |conn| {
-        // Inserted newest first: the order comes from the ids alone.
-        for app in apps.iter().rev() {
-            applications::insert(conn, app)?;
-        }
-        Ok(())
+    // Inserted newest first: the order comes from the ids alone.
+    insert_all(&store, apps.into_iter().rev().collect(), |conn, app| {
+        applications::insert(conn, app)
     })
     .await;
     assert_pages(&store, &ids, |conn, page| {
@@ -82,12 +79,11 @@ pub(super) async fn endpoints_page_in_id_order(backend: Backend) {
         .filter(|e| e.app_id == "app_1")
         .map(|e| e.id.clone())
         .collect();
-    write_ok(&store, move |conn| {
-        for endpoint in saved.iter().rev() {
-            endpoints::save(conn, endpoint, false)?;
-        }
-        Ok(())
-    })
+    insert_all(
+        &store,
+        saved.into_iter().rev().collect(),
+        |conn, endpoint| endpoints::save(conn, endpoint, false),
+    )
     .await;
     assert_pages(&store, &ids, |conn, page| {
         Ok(endpoints::list(conn, "app_1", page)?
@@ -107,11 +103,8 @@ pub(super) async fn event_types_page_in_name_order(backend: Backend) {
     archived.archived = true;
     let mut saved: Vec<_> = names.iter().map(|name| event_type(name, None)).collect();
     saved.push(archived);
-    write_ok(&store, move |conn| {
-        for event_type in &saved {
-            event_types::save(conn, event_type, false)?;
-        }
-        Ok(())
+    insert_all(&store, saved, |conn, event_type| {
+        event_types::save(conn, event_type, false)
     })
     .await;
     let expected: Vec<String> = ["B.one", "a.1", "a.10", "a.three", "b.two", "c"]
@@ -128,8 +121,9 @@ pub(super) async fn event_types_page_in_name_order(backend: Backend) {
 
 pub(super) async fn messages_page_with_filters(backend: Backend) {
     let (_db, store, _) = super::store_with_endpoint(backend).await;
-    // Message i: type b when i % 3 == 2, else a; channel c1 when i is even,
-    // and c2 as well when i % 4 == 0; created at 1000 + i.
+    // Message i has type b when i % 3 == 2 and type a otherwise. It has
+    // channel c1 when i is even, c2 as well when i % 4 == 0, and was
+    // created at 1000 + i.
     let mut ids = Vec::new();
     for i in 0..15_i64 {
         let event_type = if i % 3 == 2 { "b" } else { "a" };
@@ -268,11 +262,8 @@ pub(super) async fn attempts_page_by_endpoint_and_message(backend: Backend) {
         attempts.push(attempt);
     }
     let saved = attempts.clone();
-    write_ok(&store, move |conn| {
-        for attempt in &saved {
-            attempts::insert(conn, attempt)?;
-        }
-        Ok(())
+    insert_all(&store, saved, |conn, attempt| {
+        attempts::insert(conn, attempt)
     })
     .await;
     let ids_of = |indexes: &[usize]| -> Vec<String> {
@@ -378,12 +369,11 @@ pub(super) async fn dead_letters_page_in_id_order(backend: Backend) {
         .filter(|l| l.source == "orders")
         .map(|l| l.id.clone())
         .collect();
-    write_ok(&store, move |conn| {
-        for letter in letters.iter().rev() {
-            dead_letters::insert(conn, letter)?;
-        }
-        Ok(())
-    })
+    insert_all(
+        &store,
+        letters.into_iter().rev().collect(),
+        dead_letters::insert,
+    )
     .await;
     assert_pages(&store, &ids, |conn, page| {
         Ok(dead_letters::list(conn, "orders", page)?
@@ -416,11 +406,8 @@ pub(super) async fn tasks_page_with_filters(backend: Backend) {
         })
         .collect();
     let ids: Vec<String> = saved.iter().map(|t| t.id.clone()).collect();
-    write_ok(&store, move |conn| {
-        for task in saved.iter().rev() {
-            tasks::insert(conn, task)?;
-        }
-        Ok(())
+    insert_all(&store, saved.into_iter().rev().collect(), |conn, task| {
+        tasks::insert(conn, task)
     })
     .await;
     let select =
