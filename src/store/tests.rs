@@ -1,8 +1,8 @@
 //! The store's conformance suite: every test runs against a real SQLite
 //! file and against a real PostgreSQL database (see [`TestDb`]), through
 //! the `conformance!` list at the end of this file. The submodules hold
-//! more of the list, and the tests that need one backend only: migrations
-//! and a PostgreSQL server that drops its connections.
+//! more of the list, and `outage` holds a PostgreSQL-only test of a server
+//! that drops its connections.
 
 mod concurrency;
 mod migrations;
