@@ -1,7 +1,12 @@
-//! The `hookd` command line: `verify` and `config-check`, run as a process.
+//! The `hookd` command line: `verify`, `config-check` and `migrate`, run
+//! as a process.
+
+mod common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+
+use common::postgres::TestDatabase;
 
 // The example of the Standard Webhooks specification.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -17,6 +22,10 @@ fn hookd(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Only the variables of the test reach hookd, not those of the shell.
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOOKD_")) {
+        command.env_remove(key);
+    }
     for (key, value) in env {
         command.env(key, value);
     }
@@ -211,5 +220,59 @@ fn invalid_encryption_key_exits_with_its_name() {
     assert!(
         !stderr.contains(key),
         "the key must not be printed: {stderr}"
+    );
+}
+
+#[test]
+fn migrate_sqlite_reports_schema_version() {
+    let dir = tempfile::tempdir().expect("create a temporary folder");
+    let data_dir = dir.path().join("data");
+    let data_dir_text = data_dir.to_str().expect("a UTF-8 path");
+
+    // The first run creates the database, the second finds it up to date.
+    for run in ["first", "second"] {
+        let output = hookd(&["migrate"], &[("HOOKD_DATA_DIR", data_dir_text)], b"");
+        assert_eq!(output.status.code(), Some(0), "{run} run: {output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("database {data_dir_text}/hookd.sqlite3 is up to date (schema version 6)\n"),
+            "{run} run"
+        );
+    }
+}
+
+#[test]
+fn migrate_postgres_reports_schema_version() {
+    let database = TestDatabase::create();
+
+    for run in ["first", "second"] {
+        let output = hookd(&["migrate"], &[("HOOKD_DATABASE_URL", &database.url)], b"");
+        assert_eq!(output.status.code(), Some(0), "{run} run: {output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!(
+                "database {} is up to date (schema version 2)\n",
+                database.url
+            ),
+            "{run} run"
+        );
+    }
+}
+
+#[test]
+fn migrate_names_missing_postgres_database() {
+    let database = TestDatabase::create();
+    let missing = database.url.replace(&database.name, "hookd_test_missing");
+
+    let output = hookd(&["migrate"], &[("HOOKD_DATABASE_URL", &missing)], b"");
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "hookd: cannot open the database at {missing}: db error: FATAL: database \"hookd_test_missing\" does not exist"
+        )),
+        "{stderr}"
     );
 }

@@ -1,5 +1,7 @@
 //! Attempts: one row per HTTP request made for a delivery.
 
+use std::borrow::Cow;
+
 use super::sql::{params, Conn, Row};
 
 use super::{messages::quote, PageRequest, Result, StoreError};
@@ -37,7 +39,15 @@ fn finish((mut attempt, status): (Attempt, i64)) -> Result<Attempt> {
     Ok(attempt)
 }
 
+/// Stores an attempt. NUL characters of the response body become U+FFFD,
+/// because PostgreSQL text cannot hold them, so both databases store the
+/// same text.
 pub fn insert(conn: &Conn, attempt: &Attempt) -> Result<()> {
+    let response = if attempt.response.contains('\0') {
+        Cow::Owned(attempt.response.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(attempt.response.as_str())
+    };
     conn.execute(
         &format!(
             "INSERT INTO attempts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
@@ -51,7 +61,7 @@ pub fn insert(conn: &Conn, attempt: &Attempt) -> Result<()> {
         attempt.url,
         attempt.status as i64,
         attempt.response_status,
-        attempt.response,
+        &*response,
         attempt.response_truncated,
         attempt.duration_ms,
         attempt.error_kind,

@@ -2,7 +2,7 @@
 
 use super::sql::{params, Conn, Row};
 
-use super::{from_json, to_json, PageRequest, Result};
+use super::{from_json, to_json, PageRequest, Result, StoreError};
 use crate::model::{ids, DeliveryStatus, Message, Millis, Trigger};
 
 pub(crate) const COLUMNS: &str =
@@ -66,14 +66,16 @@ pub fn create(conn: &Conn, message: Message) -> Result<Created> {
         }
     }
 
-    // Another node may store the same event id between the check above and
-    // this insert. The insert then changes nothing, and that node's message
-    // is the one returned.
-    if !insert_unless_event_id_taken(conn, &message)? {
+    if !insert(conn, &message)? {
+        // Another writer stored a message with this event id after the
+        // lookup above: another node on PostgreSQL, whose transaction this
+        // insert waited for.
         let event_id = message.event_id.as_deref().unwrap_or_default();
         let existing = get_by_event_id(conn, &message.app_id, event_id)?.ok_or_else(|| {
-            super::StoreError::Corrupt(format!(
-                "message with event id {event_id:?} conflicts but cannot be read"
+            StoreError::Corrupt(format!(
+                "the insert of event id {event_id:?} of application {} conflicted, \
+                 but no message has that event id",
+                message.app_id
             ))
         })?;
         return Ok(Created {
@@ -116,7 +118,9 @@ pub fn create_for_endpoint(
     message: &Message,
     endpoint_id: &str,
 ) -> Result<NewDelivery> {
-    insert(conn, message)?;
+    if !insert(conn, message)? {
+        return Err(StoreError::Conflict("eventId".to_owned()));
+    }
     let delivery_id = super::deliveries::insert(
         conn,
         &message.id,
@@ -131,24 +135,13 @@ pub fn create_for_endpoint(
     })
 }
 
-fn insert(conn: &Conn, message: &Message) -> Result<()> {
-    insert_with(conn, message, "")?;
-    Ok(())
-}
-
-/// Inserts a message unless its application already has a message with
-/// its `event_id`, and returns whether it inserted.
-fn insert_unless_event_id_taken(conn: &Conn, message: &Message) -> Result<bool> {
-    let inserted = insert_with(conn, message, " ON CONFLICT (app_id, event_id) DO NOTHING")?;
-    Ok(inserted == 1)
-}
-
-/// Inserts a message with `on_conflict` appended to the statement, and
-/// returns the rows inserted.
-fn insert_with(conn: &Conn, message: &Message, on_conflict: &str) -> Result<usize> {
-    conn.execute(
+/// Inserts a message unless the application has one with its `event_id`,
+/// and returns whether it did.
+fn insert(conn: &Conn, message: &Message) -> Result<bool> {
+    let changed = conn.execute(
         &format!(
-            "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8){on_conflict}"
+            "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (app_id, event_id) DO NOTHING"
         ),
         params![
             message.id,
@@ -160,7 +153,8 @@ fn insert_with(conn: &Conn, message: &Message, on_conflict: &str) -> Result<usiz
             message.payload,
             message.created_at
         ],
-    )
+    )?;
+    Ok(changed == 1)
 }
 
 fn get_by_event_id(conn: &Conn, app_id: &str, event_id: &str) -> Result<Option<Message>> {

@@ -59,7 +59,7 @@ const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", postgres_message(.0))]
     Postgres(#[from] postgres::Error),
     /// A unique value is already taken; the string names the field.
     #[error("{0} is already in use")]
@@ -123,6 +123,16 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Formats a PostgreSQL client error with its cause. The client's own text
+/// names only the kind of failure, such as "db error", and leaves the
+/// server's message to the cause.
+fn postgres_message(err: &postgres::Error) -> String {
+    match std::error::Error::source(err) {
+        Some(cause) => format!("{err}: {cause}"),
+        None => err.to_string(),
+    }
+}
 
 /// Where the store keeps its data.
 #[derive(Clone)]
@@ -191,7 +201,7 @@ pub(crate) fn connect_postgres(url: &str) -> Result<postgres::Client> {
         .connect(postgres::NoTls)
         .map_err(|err| StoreError::Open {
             path: PathBuf::from(redact_url(url)),
-            message: err.to_string(),
+            message: postgres_message(&err),
         })
 }
 

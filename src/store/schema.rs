@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use super::Result;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the initial schema.
     r#"
     CREATE TABLE settings (

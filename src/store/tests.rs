@@ -1,8 +1,21 @@
 //! The store's conformance suite: every test runs against a real SQLite
 //! file and against a real PostgreSQL database (see [`TestDb`]), through
-//! the `conformance!` list at the end of this file.
+//! the `conformance!` list at the end of this file. The submodules hold
+//! more of the list, and `outage` holds a PostgreSQL-only test of a server
+//! that drops its connections.
+
+mod concurrency;
+mod migrations;
+mod operations;
+mod outage;
+mod pagination;
 
 use std::collections::BTreeMap;
+
+use concurrency::*;
+use migrations::*;
+use operations::*;
+use pagination::*;
 
 use super::*;
 use crate::model::{
@@ -68,6 +81,10 @@ impl TestDb {
         }
     }
 
+    pub(crate) fn database(&self) -> &Database {
+        &self.database
+    }
+
     pub(crate) fn open(&self, key: Option<&encryption::EncryptionKey>) -> Result<Store> {
         let database = self.database.clone();
         off_runtime(move || Store::open_database(&database, key))
@@ -110,6 +127,52 @@ macro_rules! conformance {
             )*
         }
     };
+}
+
+/// Runs `f` in a write job and returns its result; panics when it fails.
+async fn write_ok<T, F>(store: &Store, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+{
+    store.write(f).await.expect("the write job succeeds")
+}
+
+/// Runs `f` on a reading connection and returns its result; panics when it fails.
+async fn read_ok<T, F>(store: &Store, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+{
+    store.read(f).await.expect("the read succeeds")
+}
+
+/// Stores `rows` with `insert` in one write job, in the order given.
+async fn insert_all<R, T>(store: &Store, rows: Vec<R>, insert: fn(&Conn, &R) -> Result<T>)
+where
+    R: Send + 'static,
+    T: 'static,
+{
+    write_ok(store, move |conn| {
+        for row in &rows {
+            insert(conn, row)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `f` in a write job and checks that it fails with a conflict on `field`.
+async fn assert_conflict<T, F>(store: &Store, field: &str, f: F)
+where
+    T: Send + std::fmt::Debug + 'static,
+    F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+{
+    let err = store.write(f).await.expect_err("the write conflicts");
+    assert!(
+        matches!(&err, StoreError::Conflict(name) if name == field),
+        "{err:?}"
+    );
 }
 
 fn endpoint(app_id: &str, event_types: Option<Vec<&str>>) -> Endpoint {
@@ -1013,5 +1076,38 @@ conformance!(
     failing_endpoint_is_disabled_and_reported,
     success_resets_the_failure_clock,
     retention_expunges_rows_made_before_cutoff,
-    sealed_secrets_need_their_key_to_open
+    sealed_secrets_need_their_key_to_open,
+    applications_round_trip,
+    application_delete_removes_its_rows,
+    application_uid_conflict_keeps_row,
+    endpoint_uid_conflict_within_app,
+    event_type_name_conflict_keeps_row,
+    endpoints_round_trip,
+    endpoint_state_change_emits_event,
+    endpoint_secrets_are_sealed_once,
+    event_types_round_trip,
+    messages_round_trip,
+    message_status_shows_newest_delivery,
+    repeated_event_id_returns_first_message,
+    deliveries_round_trip,
+    attempts_round_trip,
+    app_tokens_round_trip,
+    dead_letters_round_trip,
+    poller_pages_and_positions,
+    settings_round_trip,
+    tasks_round_trip,
+    operational_endpoints_follow_config,
+    applications_page_in_id_order,
+    endpoints_page_in_id_order,
+    event_types_page_in_name_order,
+    messages_page_with_filters,
+    attempts_page_by_endpoint_and_message,
+    dead_letters_page_in_id_order,
+    tasks_page_with_filters,
+    endpoint_messages_page_in_id_order,
+    two_stores_write_at_once,
+    store_opens_previous_schema,
+    second_migrate_changes_nothing,
+    newer_schema_is_rejected,
+    attempt_response_with_nul_is_stored,
 );

@@ -7,6 +7,7 @@
 
 pub mod brokers;
 pub mod dns;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::future::Future;
