@@ -787,3 +787,37 @@ async fn garbage_iterator_is_not_server_error() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_in_text_fields_is_rejected() {
+    let hookd = Hookd::start().await;
+    let reply = hookd
+        .post("/api/v1/app", &json!({"name": "Acme\u{0}Corp"}))
+        .await;
+    assert_invalid(&reply, &["body", "name"], "NUL in an application name");
+
+    let app = hookd.create_app().await;
+    let reply = hookd
+        .post(
+            &format!("/api/v1/app/{app}/endpoint"),
+            &json!({"url": "http://127.0.0.1:9/", "description": "a\u{0}b"}),
+        )
+        .await;
+    assert_invalid(
+        &reply,
+        &["body", "description"],
+        "NUL in an endpoint description",
+    );
+
+    let reply = hookd
+        .post(
+            "/api/v1/event-type",
+            &json!({"name": "user.nul", "description": "\u{0}"}),
+        )
+        .await;
+    assert_invalid(
+        &reply,
+        &["body", "description"],
+        "NUL in an event type description",
+    );
+}

@@ -90,6 +90,7 @@ pub fn check(input: &ApplicationIn) -> ApiResult<()> {
     if input.name.trim().is_empty() || input.name.len() > 256 {
         return Err(ApiError::field("name", "must be 1 to 256 characters"));
     }
+    validate::no_nul("name", &input.name)?;
     if let Some(uid) = &input.uid {
         validate::uid("uid", uid)?;
     }

@@ -232,6 +232,18 @@ pub fn description(field: &str, value: &str) -> Result<(), ApiError> {
             format!("must be at most {MAX_DESCRIPTION_LEN} bytes"),
         ));
     }
+    no_nul(field, value)
+}
+
+/// Rejects the NUL character, which PostgreSQL cannot store in text, so a
+/// value is accepted or rejected the same way on both stores.
+pub fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::field(
+            field,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
     Ok(())
 }
 
