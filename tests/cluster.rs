@@ -11,74 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::postgres::TestDatabase;
 use common::{Answer, Api, HookdProcess, Received, Receiver, Settings};
 use serde_json::json;
-
-/// A database created for one test on the PostgreSQL server and dropped
-/// at the end.
-struct TestDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    fn create() -> Self {
-        let admin_url = std::env::var("HOOKD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("hookd_cluster_{}_{}", std::process::id(), rand_suffix());
-        let admin = admin_url.clone();
-        let create = name.clone();
-        std::thread::spawn(move || {
-            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
-                .expect("PostgreSQL runs on 127.0.0.1:5432 (or HOOKD_TEST_POSTGRES_URL)");
-            client
-                .batch_execute(&format!("CREATE DATABASE {create}"))
-                .expect("create the test database");
-        })
-        .join()
-        .expect("the database is created");
-        let mut url = url::Url::parse(&admin_url).expect("a valid PostgreSQL URL");
-        url.set_path(&name);
-        Self {
-            admin_url,
-            name,
-            url: url.to_string(),
-        }
-    }
-
-    /// Runs one query on the test database from a plain thread.
-    fn query_i64(&self, sql: &str) -> i64 {
-        let url = self.url.clone();
-        let sql = sql.to_owned();
-        std::thread::spawn(move || {
-            let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-            client.query_one(&sql, &[]).expect("query").get::<_, i64>(0)
-        })
-        .join()
-        .expect("the query thread ends")
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let admin = self.admin_url.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(mut client) = postgres::Client::connect(&admin, postgres::NoTls) {
-                let _ =
-                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-        })
-        .join();
-    }
-}
-
-/// A random number, so that tests running at once use different databases.
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
-}
 
 /// Settings of a node: the shared database, its name, a lease of 7 s (the
 /// least allowed with the tests' 1 s request timeout) and quick retries.
@@ -112,6 +47,27 @@ fn watched_receiver(watch: Arc<Mutex<OverlapWatch>>, delay: Duration) -> Receive
         watch.busy_until.insert(id, now + delay);
         Answer::ok().after(delay)
     })
+}
+
+/// Starts one hookd process per name on the shared database, each with its
+/// own data folder and log under `dir`, and waits until they have split
+/// the partitions between them.
+async fn start_nodes(
+    database: &TestDatabase,
+    dir: &std::path::Path,
+    names: &[&str],
+    configure: impl Fn(Settings) -> Settings,
+) -> Vec<HookdProcess> {
+    let mut nodes = Vec::new();
+    for name in names {
+        let data_dir = dir.join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let settings = configure(node_settings(database, name));
+        nodes.push(HookdProcess::spawn(&settings, &data_dir, &format!("{name}.log")).await);
+    }
+    let refs: Vec<&HookdProcess> = nodes.iter().collect();
+    wait_balanced(&refs).await;
+    nodes
 }
 
 /// Reads one gauge or counter from a node's `/metrics`, 0 when absent.
@@ -154,20 +110,13 @@ async fn wait_balanced(nodes: &[&HookdProcess]) {
 async fn three_nodes_survive_kill_and_stop() {
     let database = TestDatabase::create();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["node-a", "node-b", "node-c"] {
-        let data_dir = dir.path().join(name);
-        std::fs::create_dir_all(&data_dir).unwrap();
-        nodes.push(
-            HookdProcess::spawn(
-                &node_settings(&database, name),
-                &data_dir,
-                &format!("{name}.log"),
-            )
-            .await,
-        );
-    }
-    wait_balanced(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let mut nodes = start_nodes(
+        &database,
+        dir.path(),
+        &["node-a", "node-b", "node-c"],
+        |s| s,
+    )
+    .await;
 
     // Twelve endpoints in four applications; every request takes 30 ms,
     // so copies in flight at the kill are likely.
@@ -345,7 +294,7 @@ async fn three_nodes_survive_kill_and_stop() {
     // Nothing is left pending once the last attempts are recorded.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let pending = database.query_i64("SELECT COUNT(*) FROM deliveries WHERE status = 1");
+        let pending = database.count("SELECT COUNT(*) FROM deliveries WHERE status = 1");
         if pending == 0 {
             break;
         }
@@ -362,20 +311,7 @@ async fn three_nodes_survive_kill_and_stop() {
 async fn new_deliveries_reach_the_owner_by_notification() {
     let database = TestDatabase::create();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["node-a", "node-b"] {
-        let data_dir = dir.path().join(name);
-        std::fs::create_dir_all(&data_dir).unwrap();
-        nodes.push(
-            HookdProcess::spawn(
-                &node_settings(&database, name),
-                &data_dir,
-                &format!("{name}.log"),
-            )
-            .await,
-        );
-    }
-    wait_balanced(&[&nodes[0], &nodes[1]]).await;
+    let nodes = start_nodes(&database, dir.path(), &["node-a", "node-b"], |s| s).await;
 
     // Twenty endpoints spread over the partitions of both nodes; every
     // message goes in through node A.
@@ -426,16 +362,16 @@ fn max_concurrent(requests: &[Received], delay: Duration) -> usize {
 async fn endpoint_limits_hold_across_nodes() {
     let database = TestDatabase::create();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["node-a", "node-b", "node-c"] {
-        let data_dir = dir.path().join(name);
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let settings = node_settings(&database, name)
-            .set("HOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "2")
-            .set("HOOKD_INITIAL_IN_FLIGHT_PER_ENDPOINT", "2");
-        nodes.push(HookdProcess::spawn(&settings, &data_dir, &format!("{name}.log")).await);
-    }
-    wait_balanced(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let nodes = start_nodes(
+        &database,
+        dir.path(),
+        &["node-a", "node-b", "node-c"],
+        |s| {
+            s.set("HOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "2")
+                .set("HOOKD_INITIAL_IN_FLIGHT_PER_ENDPOINT", "2")
+        },
+    )
+    .await;
 
     // One endpoint that takes 200 ms per request, and one limited to 5
     // messages per second. Every node accepts a third of the messages, so

@@ -996,74 +996,7 @@ async fn sealed_secrets_need_their_key_to_open(backend: Backend) {
     assert_eq!(read, Some(saved));
 }
 
-async fn same_event_id_from_two_writers_is_one_message(backend: Backend) {
-    let db = TestDb::new(backend);
-    let first = db.open(None).unwrap();
-    let second = db.open(None).unwrap();
-    let ep = endpoint("app_1", None);
-    first
-        .write(move |conn| endpoints::save(conn, &ep, false))
-        .await
-        .unwrap();
-
-    // Both writers store messages with the same 20 event ids at once.
-    let mut tasks = Vec::new();
-    for store in [first.clone(), second.clone()] {
-        tasks.push(tokio::spawn(async move {
-            let mut created = Vec::new();
-            for n in 0..20 {
-                let event_id = format!("evt-{n}");
-                let outcome = store
-                    .write(move |conn| {
-                        messages::create(conn, message("app_1", "a", Some(&event_id), n))
-                    })
-                    .await
-                    .unwrap();
-                created.push((outcome.message.id, outcome.is_new, outcome.deliveries.len()));
-            }
-            created
-        }));
-    }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-
-    for n in 0..20 {
-        let (a, b) = (&results[0][n], &results[1][n]);
-        assert_eq!(
-            a.0, b.0,
-            "event evt-{n} returns one message id to both writers"
-        );
-        assert_eq!(
-            u8::from(a.1) + u8::from(b.1),
-            1,
-            "event evt-{n} is new for exactly one writer"
-        );
-        assert_eq!(a.2 + b.2, 1, "event evt-{n} has one delivery");
-    }
-    let stored: i64 = first
-        .read(|conn| {
-            conn.query_one("SELECT COUNT(*) FROM messages", sql::params![], |row| {
-                row.get(0)
-            })
-        })
-        .await
-        .unwrap();
-    assert_eq!(stored, 20);
-    let deliveries: i64 = first
-        .read(|conn| {
-            conn.query_one("SELECT COUNT(*) FROM deliveries", sql::params![], |row| {
-                row.get(0)
-            })
-        })
-        .await
-        .unwrap();
-    assert_eq!(deliveries, 20);
-}
-
 conformance!(
-    same_event_id_from_two_writers_is_one_message,
     fan_out_matches_event_type_filters,
     repeated_event_id_creates_nothing,
     failed_job_rolls_back_alone_in_a_batch,

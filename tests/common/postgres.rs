@@ -90,6 +90,25 @@ impl TestDatabase {
         });
     }
 
+    /// Runs a query that returns one `BIGINT`, such as a `COUNT(*)`, on the
+    /// database.
+    pub fn count(&self, sql: &str) -> i64 {
+        let url = self.url.clone();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls)
+                        .unwrap_or_else(|err| panic!("connect to {}: {err:?}", self.name));
+                    client
+                        .query_one(sql, &[])
+                        .unwrap_or_else(|err| panic!("{sql}: {err:?}"))
+                        .get::<_, i64>(0)
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Lets the database take connections again.
     pub fn allow_connections(&self) {
         let name = &self.name;
