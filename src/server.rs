@@ -37,9 +37,19 @@ async fn admin_token_hash(store: &Store, configured: Option<&str>) -> anyhow::Re
     let token = format!("hk_{}", encode_hex(&raw));
     let hash = hash_token(&token);
     let hex = encode_hex(&hash);
-    store
-        .write(move |conn| settings::put(conn, ADMIN_TOKEN_HASH_KEY, &hex))
+    // Another node of a cluster may store its own token first; then that
+    // one is the admin token, and this one is neither kept nor shown.
+    let stored = store
+        .write(move |conn| {
+            if settings::put_if_absent(conn, ADMIN_TOKEN_HASH_KEY, &hex)? {
+                return Ok(None);
+            }
+            settings::get(conn, ADMIN_TOKEN_HASH_KEY)
+        })
         .await?;
+    if let Some(hex) = stored {
+        return decode_hex(&hex).context("the stored admin token hash is invalid");
+    }
     println!("Generated admin token (shown only this once; set HOOKD_ADMIN_TOKEN to choose your own): {token}");
     Ok(hash)
 }

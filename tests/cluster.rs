@@ -414,3 +414,62 @@ async fn endpoint_limits_hold_across_nodes() {
         "30 requests at 5 per second took only {span:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_started_together_agree() {
+    let database = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let operational = Receiver::always(Answer::ok());
+    let settings = |name: &str| {
+        node_settings(&database, name)
+            .unset("HOOKD_ADMIN_TOKEN")
+            .set("HOOKD_OPERATIONAL_WEBHOOK_URLS", &operational.url())
+            .set(
+                "HOOKD_OPERATIONAL_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )
+    };
+    let mut dirs = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        let data_dir = dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        dirs.push(data_dir);
+    }
+    // All three start at once on an empty database.
+    let (settings_a, settings_b, settings_c) =
+        (settings("node-a"), settings("node-b"), settings("node-c"));
+    let (a, b, c) = tokio::join!(
+        HookdProcess::spawn(&settings_a, &dirs[0], "node-a.log"),
+        HookdProcess::spawn(&settings_b, &dirs[1], "node-b.log"),
+        HookdProcess::spawn(&settings_c, &dirs[2], "node-c.log"),
+    );
+
+    // One node generated the admin token and printed it; every node takes it.
+    let printed: Vec<String> = [&a, &b, &c]
+        .iter()
+        .filter_map(|node| {
+            let log = std::fs::read_to_string(&node.log_path).unwrap();
+            log.lines()
+                .find_map(|line| line.split("choose your own): ").nth(1))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(printed.len(), 1, "one node prints the token: {printed:?}");
+    for node in [&a, &b, &c] {
+        let reply = node.api.with_token(&printed[0]).get("/api/v1/app").await;
+        assert_eq!(reply.status, 200, "{}: {:?}", node.api.base, reply.body);
+    }
+
+    // The operational application and its endpoint exist once.
+    assert_eq!(
+        database.count("SELECT COUNT(*) FROM applications WHERE uid = 'hookd-operational'"),
+        1
+    );
+    assert_eq!(
+        database.count(
+            "SELECT COUNT(*) FROM endpoints e JOIN applications a ON a.id = e.app_id \
+             WHERE a.uid = 'hookd-operational'"
+        ),
+        1
+    );
+}

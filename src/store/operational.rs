@@ -25,9 +25,21 @@ pub const ATTEMPT_FAILING: &str = "message.attempt.failing";
 /// Failed attempts of one delivery after which `message.attempt.failing` is sent once.
 pub const FAILING_AFTER_ATTEMPTS: u32 = 4;
 
+/// Key of the PostgreSQL advisory lock taken by [`sync`] (ASCII "hookdops").
+const SYNC_LOCK: i64 = 0x686f_6f6b_646f_7073;
+
 /// Makes the internal application's endpoints match the configured URLs and
 /// secret. Returns the application id, or `None` when no URL is configured.
 pub fn sync(conn: &Conn, urls: &[String], secret: &str, now: Millis) -> Result<Option<String>> {
+    // Nodes of a cluster that start together would each create the
+    // application; the lock, held to the end of the transaction, lets one
+    // create it and the others find it.
+    if conn.dialect() == super::Dialect::Postgres {
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(?1)",
+            super::sql::params![SYNC_LOCK],
+        )?;
+    }
     let existing = super::applications::get(conn, APPLICATION_UID)?;
     if urls.is_empty() {
         if let Some(app) = existing {

@@ -12,6 +12,15 @@ pub fn get(conn: &Conn, key: &str) -> Result<Option<String>> {
     )
 }
 
+/// Stores a value unless the key has one, and returns whether it stored it.
+pub fn put_if_absent(conn: &Conn, key: &str, value: &str) -> Result<bool> {
+    let inserted = conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+        params![key, value],
+    )?;
+    Ok(inserted == 1)
+}
+
 pub fn put(conn: &Conn, key: &str, value: &str) -> Result<()> {
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
