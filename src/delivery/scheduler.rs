@@ -535,6 +535,9 @@ impl Scheduler {
         for endpoint_id in held_back {
             self.make_ready(&endpoint_id);
         }
+        // NOTE: the scan reads the due deliveries of every partition and
+        // keeps this node's in Rust, so its cost grows with the cluster's
+        // whole backlog, not this node's share.
         if self.last_cluster_scan.elapsed() >= CLUSTER_SCAN_INTERVAL {
             self.last_cluster_scan = Instant::now();
             self.find_backlog(Some(cluster.ownership.held()));
