@@ -290,7 +290,7 @@ fn clock_ticks_per_second() -> f64 {
 
 /// utime + stime in seconds from a `/proc/PID/stat` line. The command name
 /// (field 2) may contain spaces, so the fields are counted after its `)`.
-fn cpu_seconds_from_stat(stat: &str) -> anyhow::Result<f64> {
+pub fn cpu_seconds_from_stat(stat: &str) -> anyhow::Result<f64> {
     let after_name = stat
         .rfind(')')
         .map(|i| &stat[i + 1..])

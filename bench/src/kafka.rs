@@ -302,6 +302,7 @@ pub async fn run_kafka(run: &RunSettings, kafka: &KafkaSettings) -> anyhow::Resu
         hookd_cpu: Some((end_sample.cpu_seconds - first_sample.cpu_seconds, window)),
         peak_rss_mb: peak,
         bench_cpu_seconds: None,
+        cost: None,
         notes: format!(
             "records consumed and stored per second; broker {} on the same cores{}",
             kafka.tansu.display(),

@@ -1,6 +1,7 @@
 //! The load generator: sends messages with 1 KiB JSON payloads to hookd's API
-//! over N keep-alive connections, either as fast as the API responds or on a
-//! fixed schedule, and records when each message was accepted.
+//! over N keep-alive connections, spread evenly over the APIs of the nodes,
+//! either as fast as the API responds or on a fixed schedule, and records
+//! when each message was accepted.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,8 +83,9 @@ pub fn message_body(seq: u64) -> Bytes {
 
 /// Sends messages until `settings.run_for` has passed or
 /// `settings.max_messages` were sent. Message `k` goes to `targets[k % len]`.
+/// Connection `c` goes to the API [`api_of_connection`] picks from `apis`.
 pub async fn run(
-    api: &ApiTarget,
+    apis: &[ApiTarget],
     targets: Arc<Vec<Target>>,
     settings: &LoadSettings,
     counters: Arc<LoadCounters>,
@@ -100,9 +102,9 @@ pub async fn run(
     );
 
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..settings.connections.max(1) {
+    for connection in 0..settings.connections.max(1) {
         let worker = Worker {
-            api: api.clone(),
+            api: apis[api_of_connection(connection, apis.len())].clone(),
             targets: targets.clone(),
             paths: paths.clone(),
             next: next.clone(),
@@ -132,6 +134,14 @@ pub async fn run(
         started_us,
         stopped_us: clock::now_us(),
     })
+}
+
+/// Index of the API that connection number `connection` sends to: the
+/// connections go round the `apis` nodes in turn, so each node gets the
+/// same number, give or take one.
+pub fn api_of_connection(connection: usize, apis: usize) -> usize {
+    assert!(apis > 0, "the load needs at least one API");
+    connection % apis
 }
 
 /// Creates a latency histogram in microseconds, from 1 µs to 1 hour, with 3 significant digits.
@@ -237,6 +247,20 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_spread_evenly_over_apis() {
+        let mut per_api = [0; 3];
+        for connection in 0..32 {
+            per_api[api_of_connection(connection, 3)] += 1;
+        }
+        assert_eq!(per_api, [11, 11, 10]);
+    }
+
+    #[test]
+    fn connections_with_one_api_share_it() {
+        assert!((0..8).all(|connection| api_of_connection(connection, 1) == 0));
+    }
 
     #[test]
     fn payload_is_exactly_one_kib() {

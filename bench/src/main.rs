@@ -8,9 +8,12 @@ mod hookd;
 mod kafka;
 mod load;
 mod metrics;
+mod nodes;
+mod postgres;
 mod receiver;
 mod report;
 mod scenarios;
+mod window;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 
+use nodes::ClusterSettings;
 use receiver::Behaviour;
 use scenarios::{BacklogSettings, EndpointKind, Layout, RunSettings};
 
@@ -124,12 +128,33 @@ struct Cli {
     /// example HOOKD_MAX_IN_FLIGHT_PER_ENDPOINT=64.
     #[arg(long = "hookd-env", value_parser = parse_key_value)]
     hookd_env: Vec<(String, String)>,
+    /// PostgreSQL server to run hookd on instead of SQLite, as the URL of a
+    /// database the harness may connect to and run CREATE DATABASE from, for
+    /// example postgres://postgres@127.0.0.1:5432/postgres. The harness
+    /// creates a fresh database for the run, gives its URL to every node as
+    /// HOOKD_DATABASE_URL, and drops it at the end. Throughput, fanout,
+    /// latency and isolation only.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// hookd nodes sharing the --database-url database, each with its own
+    /// port, data directory, log and HOOKD_NODE_ID (bench-node-0, …). The
+    /// load generator spreads its connections over their APIs.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Print the row in the wide table of cluster runs (store, nodes,
+    /// PostgreSQL CPU, CPU per 1,000 messages) on SQLite too; always on with
+    /// --database-url.
+    #[arg(long)]
+    wide: bool,
     /// Append the result row to this Markdown file.
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Keep hookd's data directory and log instead of deleting them.
     #[arg(long)]
     keep_data: bool,
+    /// Keep the run's PostgreSQL database instead of dropping it.
+    #[arg(long)]
+    keep_database: bool,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -143,7 +168,7 @@ fn main() -> anyhow::Result<()> {
     clock::init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    let mut row = runtime.block_on(run(&cli))?;
+    let mut row = runtime.block_on(run_on_store(&cli))?;
     if !cli.hookd_env.is_empty() {
         let overrides: Vec<String> = cli
             .hookd_env
@@ -158,7 +183,57 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cli: &Cli) -> anyhow::Result<report::Row> {
+/// Checks the cluster options, creates the run's database when there is a
+/// --database-url, runs the scenario, and drops the database whatever the
+/// outcome (unless --keep-database).
+async fn run_on_store(cli: &Cli) -> anyhow::Result<report::Row> {
+    check_cluster_options(cli.scenario, cli.database_url.is_some(), cli.nodes)?;
+    let Some(server_url) = &cli.database_url else {
+        return run(cli, None).await;
+    };
+    let database = postgres::RunDatabase::create(server_url).await?;
+    eprintln!(
+        "created database {} for {} node(s)",
+        database.name, cli.nodes
+    );
+    let cluster = ClusterSettings {
+        database_url: database.url.clone(),
+        nodes: cli.nodes,
+    };
+    let outcome = run(cli, Some(cluster)).await;
+    if cli.keep_database {
+        eprintln!(
+            "kept database {}; drop it with DROP DATABASE {} WITH (FORCE)",
+            database.name, database.name
+        );
+    } else {
+        let name = database.name.clone();
+        match database.drop_database().await {
+            Ok(()) => eprintln!("dropped database {name}"),
+            Err(err) => eprintln!("{err:#}"),
+        }
+    }
+    outcome
+}
+
+/// Rejects --nodes without --database-url, and --database-url with a
+/// scenario that reads hookd's SQLite file or does not use the load generator.
+fn check_cluster_options(scenario: Scenario, database: bool, nodes: usize) -> anyhow::Result<()> {
+    if nodes == 0 {
+        bail!("invalid --nodes 0; expected 1 or more");
+    }
+    if nodes > 1 && !database {
+        bail!("--nodes {nodes} needs --database-url: only nodes on PostgreSQL can share work");
+    }
+    if database && matches!(scenario, Scenario::Backlog | Scenario::Kafka) {
+        bail!(
+            "--database-url works with throughput, fanout, latency and isolation, not with {scenario:?}"
+        );
+    }
+    Ok(())
+}
+
+async fn run(cli: &Cli, cluster: Option<ClusterSettings>) -> anyhow::Result<report::Row> {
     if !cli.hookd.is_file() {
         bail!(
             "no hookd binary at {}; run `cargo build --release` in the hookd crate or pass --hookd PATH",
@@ -191,6 +266,8 @@ async fn run(cli: &Cli) -> anyhow::Result<report::Row> {
         rate,
         max_messages: cli.max_messages,
         keep_data: cli.keep_data,
+        cluster,
+        wide: cli.wide,
     };
     let ok = (EndpointKind::Receiver(Behaviour::Ok), true);
     let rate_label = |r: Option<f64>| r.map_or("max rate".to_owned(), |r| format!("{r:.0} msg/s"));
@@ -314,5 +391,31 @@ fn bad_name(bad: Bad, slow_delay: Duration) -> String {
     match bad {
         Bad::Slow => format!("slow {}", humantime::format_duration(slow_delay)),
         other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_options_accept_nodes_on_postgres() {
+        assert!(check_cluster_options(Scenario::Throughput, false, 1).is_ok());
+        assert!(check_cluster_options(Scenario::Throughput, true, 3).is_ok());
+        assert!(check_cluster_options(Scenario::Fanout, true, 1).is_ok());
+    }
+
+    #[test]
+    fn cluster_options_reject_nodes_without_database() {
+        let err = check_cluster_options(Scenario::Throughput, false, 2).unwrap_err();
+        assert!(err.to_string().contains("needs --database-url"), "{err}");
+        assert!(check_cluster_options(Scenario::Throughput, true, 0).is_err());
+    }
+
+    #[test]
+    fn cluster_options_reject_sqlite_only_scenarios() {
+        assert!(check_cluster_options(Scenario::Backlog, true, 1).is_err());
+        assert!(check_cluster_options(Scenario::Kafka, true, 1).is_err());
+        assert!(check_cluster_options(Scenario::Backlog, false, 1).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Reads hookd's Prometheus `/metrics` (present since hookd commit 3194c68),
-//! to report group-commit statistics over the measured window. A hookd
-//! without `/metrics` yields no statistics.
+//! to report group-commit statistics over the measured window and, in a
+//! cluster, the partitions each node holds. A hookd without `/metrics`
+//! yields no statistics.
 
 use std::collections::HashMap;
 
@@ -13,10 +14,17 @@ const HISTOGRAMS: &[&str] = &[
     "hookd_attempt_duration_seconds",
 ];
 
-/// Unlabelled `_sum` and `_count` values of one scrape, by series name.
+/// Gauge of the endpoint partitions that a node of a cluster holds.
+pub const PARTITIONS_HELD: &str = "hookd_cluster_partitions_held";
+
+/// Unlabelled `_sum` and `_count` values of one scrape, by series name, and
+/// the partitions held.
 #[derive(Debug, Default, Clone)]
 pub struct Scrape {
     values: HashMap<String, f64>,
+    /// Value of [`PARTITIONS_HELD`]; `None` when the scrape has no such line,
+    /// as on a node that uses SQLite.
+    pub partitions_held: Option<u32>,
 }
 
 impl Scrape {
@@ -35,10 +43,15 @@ impl Scrape {
 
     fn parse(text: &str) -> Self {
         let mut values = HashMap::new();
+        let mut partitions_held = None;
         for line in text.lines() {
             let Some((name, value)) = line.split_once(' ') else {
                 continue;
             };
+            if name == PARTITIONS_HELD {
+                partitions_held = value.trim().parse::<f64>().ok().map(|v| v as u32);
+                continue;
+            }
             let is_histogram_series = HISTOGRAMS.iter().any(|h| {
                 name.strip_prefix(h)
                     .is_some_and(|rest| rest == "_sum" || rest == "_count")
@@ -47,7 +60,10 @@ impl Scrape {
                 values.insert(name.to_owned(), value);
             }
         }
-        Self { values }
+        Self {
+            values,
+            partitions_held,
+        }
     }
 
     fn delta(&self, earlier: &Scrape, name: &str) -> Option<f64> {
@@ -59,8 +75,14 @@ impl Scrape {
         let commits = self.delta(earlier, "hookd_store_commit_duration_seconds_count")?;
         let commit_seconds = self.delta(earlier, "hookd_store_commit_duration_seconds_sum")?;
         let jobs = self.delta(earlier, "hookd_store_commit_jobs_sum")?;
-        let attempts = self.delta(earlier, "hookd_attempt_duration_seconds_count")?;
-        let attempt_seconds = self.delta(earlier, "hookd_attempt_duration_seconds_sum")?;
+        // A cluster node that owns none of the endpoints makes no attempts,
+        // so its scrape has no attempt histogram.
+        let attempts = self
+            .delta(earlier, "hookd_attempt_duration_seconds_count")
+            .unwrap_or(0.0);
+        let attempt_seconds = self
+            .delta(earlier, "hookd_attempt_duration_seconds_sum")
+            .unwrap_or(0.0);
         if commits <= 0.0 {
             return None;
         }
@@ -97,6 +119,35 @@ mod tests {
         );
         assert!(
             summary.ends_with("100 attempts/s, mean attempt 1.00 ms"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn scrape_reads_partitions_held() {
+        let scrape = Scrape::parse(
+            "# TYPE hookd_cluster_partitions_held gauge\nhookd_cluster_partitions_held 22\nhookd_cluster_partitions_held_total 9\n",
+        );
+        assert_eq!(scrape.partitions_held, Some(22));
+    }
+
+    #[test]
+    fn scrape_without_gauge_has_no_partitions() {
+        let scrape = Scrape::parse("hookd_store_commit_jobs_sum 5\n");
+        assert_eq!(scrape.partitions_held, None);
+    }
+
+    #[test]
+    fn scrape_summary_without_attempts() {
+        let before = Scrape::parse(
+            "hookd_store_commit_duration_seconds_sum 0\nhookd_store_commit_duration_seconds_count 0\nhookd_store_commit_jobs_sum 0\n",
+        );
+        let after = Scrape::parse(
+            "hookd_store_commit_duration_seconds_sum 1\nhookd_store_commit_duration_seconds_count 50\nhookd_store_commit_jobs_sum 500\n",
+        );
+        let summary = after.summary_since(&before, 10.0).unwrap();
+        assert!(
+            summary.ends_with("0 attempts/s, mean attempt 0.00 ms"),
             "{summary}"
         );
     }

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::api::{self, ApiConnection, ApiTarget};
+use crate::api::{self, ApiConnection};
 use crate::clock;
-use crate::hookd::{free_port, machine_busy_seconds, Hookd, HookdSettings, ProcSample};
+use crate::hookd::{free_port, Hookd, HookdSettings, ProcSample};
 use crate::load::{self, LoadCounters, LoadSettings, Target};
-use crate::metrics::Scrape;
+use crate::nodes::{count_log_levels, format_partitions, ClusterSettings, Nodes};
 use crate::receiver::{Behaviour, Receiver, ReceiverState};
-use crate::report::{self, Row, Window};
+use crate::report::{self, CostFigures, Row, Window};
+use crate::window::{self, EdgeSample, WindowCpu};
 
 /// Connections used to create applications and endpoints.
 const SETUP_CONNECTIONS: usize = 16;
@@ -73,6 +74,10 @@ pub struct RunSettings {
     pub rate: Option<f64>,
     pub max_messages: u64,
     pub keep_data: bool,
+    /// Nodes on PostgreSQL instead of one node on SQLite.
+    pub cluster: Option<ClusterSettings>,
+    /// Print the row in the wide table even on SQLite.
+    pub wide: bool,
 }
 
 /// A temporary folder with hookd's data directory and log.
@@ -117,18 +122,19 @@ impl Drop for WorkDir {
 }
 
 /// Prints counters to standard error every [`PROGRESS_EVERY`] until aborted.
+/// The CPU and RSS figures add up the hookd processes `pids`.
 fn spawn_progress(
-    pid: u32,
+    pids: Vec<u32>,
     counters: Arc<LoadCounters>,
     receiver: Arc<ReceiverState>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let started = Instant::now();
-        let mut previous = ProcSample::read(pid).unwrap_or_default();
+        let mut previous = sum_samples(&pids);
         let mut previous_at = Instant::now();
         loop {
             tokio::time::sleep(PROGRESS_EVERY).await;
-            let sample = ProcSample::read(pid).unwrap_or_default();
+            let sample = sum_samples(&pids);
             let cpu_percent = 100.0 * (sample.cpu_seconds - previous.cpu_seconds)
                 / previous_at.elapsed().as_secs_f64();
             eprintln!(
@@ -148,6 +154,18 @@ fn spawn_progress(
             previous_at = Instant::now();
         }
     })
+}
+
+/// CPU seconds and RSS of the processes `pids` added up; a process that
+/// cannot be read counts as 0.
+fn sum_samples(pids: &[u32]) -> ProcSample {
+    let mut total = ProcSample::default();
+    for pid in pids {
+        let sample = ProcSample::read(*pid).unwrap_or_default();
+        total.cpu_seconds += sample.cpu_seconds;
+        total.rss_kib += sample.rss_kib;
+    }
+    total
 }
 
 /// Starts the receiver and hookd and creates the layout's applications and
@@ -191,20 +209,34 @@ pub(crate) fn hookd_settings(run: &RunSettings, workdir: &WorkDir) -> HookdSetti
 }
 
 /// Runs a scenario that sends messages for `warmup + duration`, measures the
-/// window after the warm-up, then waits for the tail of deliveries.
+/// window after the warm-up, then waits for the tail of deliveries. With
+/// `run.cluster` it runs that many nodes on PostgreSQL and waits until they
+/// share the partitions before it sends.
 pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result<Row> {
     let workdir = WorkDir::create("run", run.keep_data)?;
     let measured: Vec<bool> = layout.endpoints.iter().map(|(_, m)| *m).collect();
     let receiver = Receiver::start(measured).await?;
-    let hookd = Hookd::start(&hookd_settings(run, &workdir)).await?;
-    eprintln!(
-        "hookd {} ready in {:.2}s at {}, log {}",
-        hookd.pid,
-        hookd.ready_after.as_secs_f64(),
-        hookd.api.addr,
-        hookd.log_path.display()
-    );
-    let app_ids = set_up(&layout, &receiver, &hookd).await?;
+    let nodes = Nodes::start(
+        &hookd_settings(run, &workdir),
+        workdir.path(),
+        run.cluster.as_ref(),
+    )
+    .await?;
+    let partitions = match &run.cluster {
+        Some(_) => Some(nodes.wait_for_partitions().await?),
+        None => {
+            let hookd = nodes.first();
+            eprintln!(
+                "hookd {} ready in {:.2}s at {}, log {}",
+                hookd.pid,
+                hookd.ready_after.as_secs_f64(),
+                hookd.api.addr,
+                hookd.log_path.display()
+            );
+            None
+        }
+    };
+    let app_ids = set_up(&layout, &receiver, nodes.first()).await?;
     let measured_per_app = layout.measured_per_app();
     let targets: Arc<Vec<Target>> = Arc::new(
         app_ids
@@ -218,20 +250,21 @@ pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result
     );
 
     let counters = Arc::new(LoadCounters::default());
-    let progress = spawn_progress(hookd.pid, counters.clone(), receiver.state.clone());
+    let progress = spawn_progress(nodes.pids(), counters.clone(), receiver.state.clone());
     let load_start_us = clock::now_us();
     let window = Window {
         start_us: load_start_us + run.warmup.as_micros() as u64,
         end_us: load_start_us + (run.warmup + run.duration).as_micros() as u64,
     };
-    let sampler = spawn_window_sampler(hookd.pid, hookd.api.clone(), window);
+    let postgres_url = run.cluster.as_ref().map(|c| c.database_url.clone());
+    let sampler = window::spawn_sampler(nodes.pids(), nodes.apis(), postgres_url, window);
     let settings = LoadSettings {
         connections: run.connections,
         rate: run.rate,
         run_for: run.warmup + run.duration,
         max_messages: run.max_messages,
     };
-    let result = load::run(&hookd.api, targets, &settings, counters.clone()).await?;
+    let result = load::run(&nodes.apis(), targets, &settings, counters.clone()).await?;
     let (before, after) = sampler.await??;
 
     let drain_started = Instant::now();
@@ -243,28 +276,43 @@ pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result
     }
     let drained_in = drain_started.elapsed();
     progress.abort();
-    let end = hookd.sample()?;
-    let bench_cpu = after.harness.cpu_seconds - before.harness.cpu_seconds;
-    let hookd_cpu = after.hookd.cpu_seconds - before.hookd.cpu_seconds;
-    // CPU time of everything else on the machine (other processes and steal
-    // time): a measure of interference.
-    let other_cpu = (after.machine_busy - before.machine_busy) - hookd_cpu - bench_cpu;
+    let end = nodes.sample()?;
+    let cpu = WindowCpu::between(&before, &after);
 
     let arrivals = receiver.state.take_arrivals();
     let analysis = report::analyse(&result.accepted, &arrivals, &measured_per_app, window);
-    let pid = hookd.pid;
-    let stopped_in = hookd.stop(STOP_TIMEOUT).await?;
+    let pids = nodes.pids();
+    let log_paths = nodes.log_paths();
+    let stopped_in = nodes.stop(STOP_TIMEOUT).await?;
+    let slowest_stop = stopped_in.iter().max().copied().unwrap_or_default();
 
-    let threads = after.hookd.threads_since(&before.hookd);
-    eprintln!(
-        "hookd {pid} CPU by thread in the window: {}",
-        format_threads(&threads)
-    );
-    if let Some(summary) = after
-        .metrics
-        .summary_since(&before.metrics, run.duration.as_secs_f64())
-    {
-        eprintln!("hookd /metrics in the window: {summary}");
+    for (index, pid) in pids.iter().enumerate() {
+        let threads = after.hookd[index].threads_since(&before.hookd[index]);
+        eprintln!(
+            "hookd {pid} CPU by thread in the window: {}",
+            format_threads(&threads)
+        );
+        let summary =
+            after.metrics[index].summary_since(&before.metrics[index], run.duration.as_secs_f64());
+        if let Some(summary) = summary {
+            if run.cluster.is_some() {
+                eprintln!("node {index}: hookd /metrics in the window: {summary}");
+            } else {
+                eprintln!("hookd /metrics in the window: {summary}");
+            }
+        }
+    }
+    let mut log_warnings = 0;
+    let mut log_errors = 0;
+    for path in &log_paths {
+        let (warnings, errors) =
+            count_log_levels(&std::fs::read_to_string(path).unwrap_or_default());
+        eprintln!(
+            "{}: {warnings} WARN and {errors} ERROR lines",
+            path.display()
+        );
+        log_warnings += warnings;
+        log_errors += errors;
     }
     eprintln!(
         "sent for {:.1}s; window {:.0}s; accepted {} in window ({} in all); measured deliveries in window {}; tail drained in {:.1}s; missing {}; duplicates {}; arrived before the 202 was read {}; unknown ids {}; send errors {:?}; hookd stopped in {:.1}s",
@@ -279,7 +327,7 @@ pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result
         analysis.before_accept,
         analysis.unknown,
         result.errors,
-        stopped_in.as_secs_f64(),
+        slowest_stop.as_secs_f64(),
     );
 
     let api_latency = report::percentiles_ms(&result.api_latency);
@@ -301,54 +349,78 @@ pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result
     if failed > 0 {
         notes.push(format!("{failed} sends failed"));
     }
+    if let Some(held) = &partitions {
+        notes.push(cluster_notes(held, &before, &after));
+    }
     notes.push(format!(
         "rest of the machine {:.0}% of 1 core",
-        100.0 * other_cpu / run.duration.as_secs_f64()
+        100.0 * cpu.rest_of_machine / run.duration.as_secs_f64()
     ));
-    notes.push(format!("hookd log {:.0} MB", workdir.log_megabytes()));
+    let log_megabytes: f64 = log_paths
+        .iter()
+        .map(|path| std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1e6))
+        .sum();
+    notes.push(format!("hookd log {log_megabytes:.0} MB"));
+    if run.cluster.is_some() {
+        notes.push(format!(
+            "{log_warnings} WARN and {log_errors} ERROR log lines"
+        ));
+    }
 
+    let peak_rss_mb: Vec<f64> = end
+        .iter()
+        .map(|sample| sample.peak_rss_kib as f64 / 1024.0)
+        .collect();
+    let cost = (run.wide || run.cluster.is_some()).then(|| CostFigures {
+        store: if run.cluster.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        nodes: pids.len(),
+        postgres_cpu_seconds: cpu.postgres,
+        peak_rss_mb_per_node: peak_rss_mb.clone(),
+        accepted_in_window: analysis.accepted_in_window,
+        delivered_in_window: analysis.delivered_in_window,
+    });
     Ok(Row {
         scenario: layout.label,
         accepted_per_second: Some(analysis.accepted_per_second),
         deliveries_per_second: Some(analysis.deliveries_per_second),
         latency_ms: report::percentiles_ms(&analysis.latency),
-        hookd_cpu: Some((hookd_cpu, run.duration.as_secs_f64())),
-        peak_rss_mb: end.peak_rss_kib as f64 / 1024.0,
-        bench_cpu_seconds: Some(bench_cpu),
+        hookd_cpu: Some((cpu.hookd, run.duration.as_secs_f64())),
+        peak_rss_mb: peak_rss_mb.iter().copied().fold(0.0, f64::max),
+        bench_cpu_seconds: Some(cpu.harness),
         notes: notes.join("; "),
+        cost,
     })
 }
 
-/// Samples of hookd and of this process at one edge of the window.
-struct EdgeSample {
-    hookd: ProcSample,
-    harness: ProcSample,
-    /// CPU seconds of the whole machine since boot.
-    machine_busy: f64,
-    metrics: Scrape,
-}
-
-/// Samples hookd and this process at the start and at the end of the window.
-fn spawn_window_sampler(
-    pid: u32,
-    api: ApiTarget,
-    window: Window,
-) -> tokio::task::JoinHandle<anyhow::Result<(EdgeSample, EdgeSample)>> {
-    tokio::spawn(async move {
-        let sample = || async {
-            anyhow::Ok(EdgeSample {
-                hookd: ProcSample::read(pid)?,
-                harness: ProcSample::read(std::process::id())?,
-                machine_busy: machine_busy_seconds()?,
-                metrics: Scrape::take(&api).await,
-            })
-        };
-        tokio::time::sleep_until(clock::instant_at(window.start_us).into()).await;
-        let before = sample().await?;
-        tokio::time::sleep_until(clock::instant_at(window.end_us).into()).await;
-        let after = sample().await?;
-        Ok((before, after))
-    })
+/// Notes of a cluster run: the partitions each node held when sending
+/// started, and at the window's edges when they differ, and the other
+/// databases' transactions on the PostgreSQL server.
+fn cluster_notes(held: &[u32], before: &EdgeSample, after: &EdgeSample) -> String {
+    let at_edge = |edge: &EdgeSample| -> Vec<u32> {
+        edge.metrics
+            .iter()
+            .map(|scrape| scrape.partitions_held.unwrap_or(0))
+            .collect()
+    };
+    let mut note = format!("partitions {}", format_partitions(held));
+    let (start, end) = (at_edge(before), at_edge(after));
+    if start != held || end != held {
+        note.push_str(&format!(
+            " (window start {}, end {})",
+            format_partitions(&start),
+            format_partitions(&end)
+        ));
+    }
+    if let Some(count) = window::other_transactions(before, after) {
+        note.push_str(&format!(
+            "; {count} transactions in other databases on the PostgreSQL server in the window"
+        ));
+    }
+    note
 }
 
 fn format_threads(threads: &[(String, f64)]) -> String {
@@ -442,7 +514,7 @@ pub async fn run_backlog(
 
     // Fill: send `messages` as fast as the API accepts them, bounded in time.
     let counters = Arc::new(LoadCounters::default());
-    let progress = spawn_progress(hookd.pid, counters.clone(), receiver.state.clone());
+    let progress = spawn_progress(vec![hookd.pid], counters.clone(), receiver.state.clone());
     let before_fill = hookd.sample()?;
     let fill = LoadSettings {
         connections: run.connections,
@@ -450,7 +522,13 @@ pub async fn run_backlog(
         run_for: run.duration,
         max_messages: backlog.messages,
     };
-    let result = load::run(&hookd.api, targets, &fill, counters.clone()).await?;
+    let result = load::run(
+        std::slice::from_ref(&hookd.api),
+        targets,
+        &fill,
+        counters.clone(),
+    )
+    .await?;
     let fill_seconds = (result.stopped_us - result.started_us) as f64 / 1e6;
     let after_fill = hookd.sample()?;
     eprintln!(
@@ -486,7 +564,7 @@ pub async fn run_backlog(
         hookd.ready_after.as_secs_f64()
     );
     let ready_after = hookd.ready_after;
-    let progress = spawn_progress(hookd.pid, counters.clone(), receiver.state.clone());
+    let progress = spawn_progress(vec![hookd.pid], counters.clone(), receiver.state.clone());
     let mut connection = hookd.api.connect().await?;
     let app_id = connection
         .create(
@@ -547,6 +625,7 @@ pub async fn run_backlog(
         )),
         peak_rss_mb: settled.peak_rss_kib as f64 / 1024.0,
         bench_cpu_seconds: None,
+        cost: None,
         notes: format!(
             "{pending} pending after fill; {outcome}; peak RSS after restart {:.0} MB; hookd log {:.0} MB",
             restarted.peak_rss_kib as f64 / 1024.0,
