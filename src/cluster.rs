@@ -422,8 +422,14 @@ impl Leases {
                 .filter(|p| !self.draining.iter().any(|(d, _)| d == p))
                 .take(extra)
                 .collect();
+            if !candidates.is_empty() {
+                tracing::info!(
+                    partitions = ?candidates,
+                    share,
+                    "draining partitions to give them to other nodes"
+                );
+            }
             for partition in candidates {
-                tracing::info!(partition, "draining a partition to give it to another node");
                 self.draining.push((partition, Instant::now()));
             }
         }

@@ -53,6 +53,61 @@ pub fn insert(
     )
 }
 
+/// Rows of one multi-row INSERT at most.
+const INSERT_ROWS: usize = 100;
+
+/// Inserts one pending delivery of a message per endpoint, due at `now`,
+/// and returns them in the order of `endpoint_ids`. Many endpoints take one
+/// statement per [`INSERT_ROWS`], which saves PostgreSQL a round trip per
+/// delivery.
+pub fn insert_many(
+    conn: &Conn,
+    msg_id: &str,
+    endpoint_ids: &[&str],
+    app_id: &str,
+    trigger: Trigger,
+    now: Millis,
+) -> Result<Vec<NewDelivery>> {
+    if let [endpoint_id] = endpoint_ids {
+        let delivery_id = insert(conn, msg_id, endpoint_id, app_id, trigger, now)?;
+        return Ok(vec![NewDelivery {
+            delivery_id,
+            endpoint_id: (*endpoint_id).to_owned(),
+        }]);
+    }
+    let trigger = trigger as i64;
+    let mut out = Vec::with_capacity(endpoint_ids.len());
+    for chunk in endpoint_ids.chunks(INSERT_ROWS) {
+        // ?1 to ?4 are shared; each row adds its endpoint id as ?5, ?6, ...
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|index| format!("(?1, ?{}, ?2, ?3, 1, 0, ?4, ?4, ?4)", index + 5))
+            .collect();
+        let sql = format!(
+            "INSERT INTO deliveries (msg_id, endpoint_id, app_id, trigger, status, attempts, next_attempt_at, created_at, updated_at)
+             VALUES {} RETURNING id, endpoint_id",
+            rows.join(", ")
+        );
+        let mut values: Vec<&dyn super::sql::ToValue> = vec![&msg_id, &app_id, &trigger, &now];
+        values.extend(chunk.iter().map(|id| id as &dyn super::sql::ToValue));
+        let inserted: std::collections::HashMap<String, i64> = conn
+            .query_map(&sql, &values, |row| Ok((row.get(1)?, row.get(0)?)))?
+            .into_iter()
+            .collect();
+        for endpoint_id in chunk {
+            let delivery_id = *inserted.get(*endpoint_id).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the insert of deliveries of {msg_id} returned none for {endpoint_id}"
+                ))
+            })?;
+            out.push(NewDelivery {
+                delivery_id,
+                endpoint_id: (*endpoint_id).to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 pub fn get(conn: &Conn, id: i64) -> Result<Option<Delivery>> {
     conn.query_opt(
         &format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?1"),

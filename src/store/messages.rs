@@ -85,23 +85,20 @@ pub fn create(conn: &Conn, message: Message) -> Result<Created> {
         });
     }
 
-    let mut deliveries = Vec::new();
-    for endpoint in super::endpoints::list_enabled_cached(conn, &message.app_id)?.iter() {
-        if endpoint.accepts(&message.event_type, message.channels.as_deref()) {
-            let delivery_id = super::deliveries::insert(
-                conn,
-                &message.id,
-                &endpoint.id,
-                &message.app_id,
-                Trigger::Scheduled,
-                message.created_at,
-            )?;
-            deliveries.push(NewDelivery {
-                delivery_id,
-                endpoint_id: endpoint.id.clone(),
-            });
-        }
-    }
+    let endpoints = super::endpoints::list_enabled_cached(conn, &message.app_id)?;
+    let targets: Vec<&str> = endpoints
+        .iter()
+        .filter(|endpoint| endpoint.accepts(&message.event_type, message.channels.as_deref()))
+        .map(|endpoint| endpoint.id.as_str())
+        .collect();
+    let deliveries = super::deliveries::insert_many(
+        conn,
+        &message.id,
+        &targets,
+        &message.app_id,
+        Trigger::Scheduled,
+        message.created_at,
+    )?;
 
     Ok(Created {
         message,

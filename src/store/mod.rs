@@ -197,6 +197,11 @@ pub(crate) fn connect_postgres(url: &str) -> Result<postgres::Client> {
     if config.get_application_name().is_none() {
         config.application_name("hookd");
     }
+    // Server notices such as "relation already exists, skipping" would
+    // otherwise reach the log at INFO on every start.
+    if config.get_options().is_none() {
+        config.options("-c client_min_messages=warning");
+    }
     config
         .connect(postgres::NoTls)
         .map_err(|err| StoreError::Open {

@@ -996,7 +996,47 @@ async fn sealed_secrets_need_their_key_to_open(backend: Backend) {
     assert_eq!(read, Some(saved));
 }
 
+async fn fan_out_to_many_endpoints(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
+    // More endpoints than one multi-row insert takes.
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..150 {
+        let ep = endpoint("app_1", None);
+        ids.push(ep.id.clone());
+        store
+            .write(move |conn| endpoints::save(conn, &ep, false))
+            .await
+            .unwrap();
+    }
+    ids.sort();
+
+    let created = store
+        .write(|conn| messages::create(conn, message("app_1", "a", None, 5)))
+        .await
+        .unwrap();
+    let targets: Vec<String> = created
+        .deliveries
+        .iter()
+        .map(|d| d.endpoint_id.clone())
+        .collect();
+    assert_eq!(targets, ids, "one delivery per endpoint, in endpoint order");
+    for delivery in created.deliveries {
+        let id = delivery.delivery_id;
+        let stored = store
+            .read(move |conn| deliveries::get(conn, id))
+            .await
+            .unwrap()
+            .expect("the delivery is stored");
+        assert_eq!(stored.endpoint_id, delivery.endpoint_id, "delivery {id}");
+        assert_eq!(stored.msg_id, created.message.id, "delivery {id}");
+        assert_eq!(stored.status, DeliveryStatus::Pending, "delivery {id}");
+        assert_eq!(stored.next_attempt_at, Some(5), "delivery {id}");
+    }
+}
+
 conformance!(
+    fan_out_to_many_endpoints,
     fan_out_matches_event_type_filters,
     repeated_event_id_creates_nothing,
     failed_job_rolls_back_alone_in_a_batch,
