@@ -239,7 +239,12 @@ async fn start(config: &Config) -> Router {
     // The recovery runner stops at once too: tasks the inputs create stay
     // stored and are not run.
     let (_stop_tx, stop) = tokio::sync::watch::channel(true);
-    let (recovery, recovery_task) = Recovery::start(store.clone(), engine.clone(), stop);
+    let (recovery, recovery_task) = Recovery::start(
+        store.clone(),
+        engine.clone(),
+        std::sync::Arc::new(|| true),
+        stop,
+    );
     recovery_task.await.expect("the recovery runner stops");
     let state = AppState::new(
         config,
