@@ -336,71 +336,15 @@ impl Leases {
         let lease_ms = self.settings.lease_duration.as_millis() as i64;
         let node_id = self.settings.node_id.clone();
         let margin = self.settings.request_timeout + RECORD_MARGIN;
-        let release: Vec<i64> = self
-            .draining
-            .iter()
-            .filter(|(_, since)| since.elapsed() >= margin)
-            .map(|(partition, _)| i64::from(*partition))
-            .collect();
         let previously_held = self.held.clone();
-
-        let client = self.client()?;
-        let mut tx = client.transaction()?;
-        tx.execute(
-            &format!(
-                "INSERT INTO cluster_nodes (node_id, started_at, expires_at)
-                 VALUES ($1, {DB_NOW_MS}, {DB_NOW_MS} + $2)
-                 ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-            ),
-            &[&node_id, &lease_ms],
-        )?;
-        let live_nodes: i64 = tx
-            .query_one(
-                &format!("SELECT COUNT(*) FROM cluster_nodes WHERE expires_at > {DB_NOW_MS}"),
-                &[],
-            )?
-            .get(0);
-        if !release.is_empty() {
-            tx.execute(
-                "UPDATE partition_leases SET node_id = NULL, expires_at = 0
-                 WHERE node_id = $1 AND partition = ANY($2)",
-                &[&node_id, &release],
-            )?;
-        }
-        let mut held: Vec<u32> = tx
-            .query(
-                &format!(
-                    "UPDATE partition_leases SET expires_at = {DB_NOW_MS} + $2
-                     WHERE node_id = $1 AND expires_at > {DB_NOW_MS}
-                     RETURNING partition"
-                ),
-                &[&node_id, &lease_ms],
-            )?
-            .iter()
-            .map(|row| row.get::<_, i64>(0) as u32)
-            .collect();
-        let share = PARTITIONS.div_ceil(live_nodes.max(1) as u32) as usize;
-        if held.len() < share {
-            let wanted = (share - held.len()) as i64;
-            let taken = tx.query(
-                &format!(
-                    "UPDATE partition_leases SET node_id = $1, expires_at = {DB_NOW_MS} + $2
-                     WHERE partition IN (
-                         SELECT partition FROM partition_leases
-                         WHERE node_id IS NULL OR expires_at <= {DB_NOW_MS}
-                         ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)
-                     RETURNING partition"
-                ),
-                &[&node_id, &lease_ms, &wanted],
-            )?;
-            held.extend(taken.iter().map(|row| row.get::<_, i64>(0) as u32));
-        }
-        tx.execute(
-            &format!("DELETE FROM cluster_nodes WHERE expires_at < {DB_NOW_MS} - 3600000"),
-            &[],
-        )?;
-        tx.commit()?;
-        held.sort_unstable();
+        // Taken out while the round borrows the client, and put back after it.
+        let mut draining = std::mem::take(&mut self.draining);
+        let outcome = match self.client() {
+            Ok(client) => lease_round(client, &node_id, lease_ms, margin, &mut draining),
+            Err(err) => Err(err),
+        };
+        self.draining = draining;
+        let (held, live_nodes, share) = outcome?;
 
         // Apply: leases held until `sent_at + lease`; the rest are lost.
         let until = sent_at + self.settings.lease_duration;
@@ -455,6 +399,7 @@ impl Leases {
             );
         }
         metrics::gauge!(metric::CLUSTER_PARTITIONS_HELD).set(held.len() as f64);
+        metrics::gauge!(metric::CLUSTER_PARTITIONS_DRAINING).set(self.draining.len() as f64);
         self.held = held;
         if !gained.is_empty() {
             self.engine.partitions_gained(gained);
@@ -517,6 +462,96 @@ impl Leases {
             }
         }
     }
+}
+
+/// Runs one lease round in a transaction: renews this node's leases,
+/// gives back drained partitions beyond its share, and takes free ones up
+/// to its share. Returns the partitions held after it, sorted, the live
+/// nodes and the share.
+fn lease_round(
+    client: &mut postgres::Client,
+    node_id: &str,
+    lease_ms: i64,
+    margin: Duration,
+    draining: &mut Vec<(u32, Instant)>,
+) -> Result<(Vec<u32>, i64, usize), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        &format!(
+            "INSERT INTO cluster_nodes (node_id, started_at, expires_at)
+                 VALUES ($1, {DB_NOW_MS}, {DB_NOW_MS} + $2)
+                 ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+        ),
+        &[&node_id, &lease_ms],
+    )?;
+    let live_nodes: i64 = tx
+        .query_one(
+            &format!("SELECT COUNT(*) FROM cluster_nodes WHERE expires_at > {DB_NOW_MS}"),
+            &[],
+        )?
+        .get(0);
+    let mut held: Vec<u32> = tx
+        .query(
+            &format!(
+                "UPDATE partition_leases SET expires_at = {DB_NOW_MS} + $2
+                     WHERE node_id = $1 AND expires_at > {DB_NOW_MS}
+                     RETURNING partition"
+            ),
+            &[&node_id, &lease_ms],
+        )?
+        .iter()
+        .map(|row| row.get::<_, i64>(0) as u32)
+        .collect();
+    let share = PARTITIONS.div_ceil(live_nodes.max(1) as u32) as usize;
+
+    // Drain no more than the node holds beyond its share: when a node
+    // left since a drain began, the share grew, and the partitions
+    // still draining are kept.
+    draining.retain(|(partition, _)| held.contains(partition));
+    let excess = held.len().saturating_sub(share);
+    if draining.len() > excess {
+        draining.sort_by_key(|(_, since)| *since);
+        let kept: Vec<u32> = draining.drain(excess..).map(|(p, _)| p).collect();
+        tracing::info!(partitions = ?kept, share, "keeping partitions that were draining; the share grew");
+    }
+    let release: Vec<i64> = draining
+        .iter()
+        .filter(|(_, since)| since.elapsed() >= margin)
+        .map(|(partition, _)| i64::from(*partition))
+        .collect();
+    if !release.is_empty() {
+        tx.execute(
+            "UPDATE partition_leases SET node_id = NULL, expires_at = 0
+                 WHERE node_id = $1 AND partition = ANY($2)",
+            &[&node_id, &release],
+        )?;
+        held.retain(|partition| !release.contains(&i64::from(*partition)));
+    }
+    if held.len() < share {
+        // Never the partitions given back in this round: another node
+        // is to take them.
+        let wanted = (share - held.len()) as i64;
+        let taken = tx.query(
+            &format!(
+                "UPDATE partition_leases SET node_id = $1, expires_at = {DB_NOW_MS} + $2
+                     WHERE partition IN (
+                         SELECT partition FROM partition_leases
+                         WHERE (node_id IS NULL OR expires_at <= {DB_NOW_MS})
+                           AND NOT (partition = ANY($4))
+                         ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     RETURNING partition"
+            ),
+            &[&node_id, &lease_ms, &wanted, &release],
+        )?;
+        held.extend(taken.iter().map(|row| row.get::<_, i64>(0) as u32));
+    }
+    tx.execute(
+        &format!("DELETE FROM cluster_nodes WHERE expires_at < {DB_NOW_MS} - 3600000"),
+        &[],
+    )?;
+    tx.commit()?;
+    held.sort_unstable();
+    Ok((held, live_nodes, share))
 }
 
 /// Listens for [`CHANNEL`] notifications and wakes the endpoints they name,

@@ -56,6 +56,8 @@ pub mod metric {
     pub const STORE_ERRORS: &str = "hookd_store_errors_total";
     /// Gauge: partitions whose lease this node holds in a cluster.
     pub const CLUSTER_PARTITIONS_HELD: &str = "hookd_cluster_partitions_held";
+    /// Gauge: held partitions this node is draining to give to other nodes.
+    pub const CLUSTER_PARTITIONS_DRAINING: &str = "hookd_cluster_partitions_draining";
     /// Counter: endpoint ids received from other nodes' notifications of
     /// new deliveries.
     pub const CLUSTER_ENDPOINTS_WOKEN: &str = "hookd_cluster_endpoints_woken_total";

@@ -473,3 +473,73 @@ async fn nodes_started_together_agree() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_leaving_mid_drain_leaves_none_stuck() {
+    let database = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_nodes(
+        &database,
+        dir.path(),
+        &["node-a", "node-b", "node-c"],
+        |s| s,
+    )
+    .await;
+
+    // A fourth node joins, so the others start draining partitions for it,
+    // and it stops before their drains end.
+    let data_dir = dir.path().join("node-d");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let node_d =
+        HookdProcess::spawn(&node_settings(&database, "node-d"), &data_dir, "node-d.log").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut draining = 0.0;
+        for node in &nodes {
+            draining += metric(&node.api, "hookd_cluster_partitions_draining").await;
+        }
+        if draining > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node started draining within 10 s of a fourth node joining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = node_d.terminate().await;
+    assert!(status.success(), "node D exits cleanly: {status}");
+
+    // The three nodes end up holding every partition with none draining.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut held, mut draining) = (0.0, 0.0);
+        for node in &nodes {
+            held += metric(&node.api, "hookd_cluster_partitions_held").await;
+            draining += metric(&node.api, "hookd_cluster_partitions_draining").await;
+        }
+        if held == 64.0 && draining == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after node D left, the nodes hold {held} partitions and drain {draining}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Forty endpoints over the partitions all get their delivery.
+    let app = nodes[0].create_app().await;
+    let receiver = Receiver::always(Answer::ok());
+    for index in 0..40 {
+        nodes[0]
+            .create_endpoint(&app, &format!("{}{index}", receiver.url()))
+            .await;
+    }
+    nodes[0].send_message(&app, r#"{"n":1}"#).await;
+    let requests = receiver
+        .wait_for_requests(40, Duration::from_secs(15))
+        .await;
+    let paths: BTreeSet<String> = requests.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), 40, "every endpoint got the message");
+}
