@@ -470,7 +470,12 @@ impl Config {
             }
             None => default_node_id(),
         };
-        let lease_duration = parse(raw, "lease_duration", "", "60s", |v| {
+        let lease_duration = parse(
+            raw,
+            "lease_duration",
+            "",
+            "a duration of at least twice request_timeout plus 5s, such as 60s with the default request_timeout",
+            |v| {
             let minimum = request_timeout * 2 + Duration::from_secs(5);
             if v.is_empty() {
                 return Ok(minimum.max(Duration::from_secs(30)));
@@ -478,12 +483,14 @@ impl Config {
             let lease = parse_positive_duration(v, Duration::from_secs(3600))?;
             if lease < minimum {
                 return Err(format!(
-                    "must be at least twice request_timeout plus 5s ({}), so that a lease outlives every attempt",
+                    "must be at least twice request_timeout ({}) plus 5s, that is {}, so that a lease outlives every attempt",
+                    humantime::format_duration(request_timeout),
                     humantime::format_duration(minimum)
                 ));
             }
             Ok(lease)
-        })?;
+        },
+        )?;
         let operational_webhook_urls = parse(
             raw,
             "operational_webhook_urls",
@@ -672,9 +679,18 @@ fn parse_database_url(value: &str) -> Result<String, String> {
                 .to_owned(),
         );
     }
-    value
+    let parsed = value
         .parse::<postgres::Config>()
         .map_err(|err| format!("is not a valid PostgreSQL URL ({err})"))?;
+    // NOTE: hookd connects without TLS; `sslmode=prefer`, the default, then
+    // connects in plaintext.
+    if parsed.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(
+            "asks for sslmode=require, but hookd cannot connect to PostgreSQL over TLS yet; \
+             use sslmode=disable on a trusted network, or a local TLS proxy"
+                .to_owned(),
+        );
+    }
     Ok(value.to_owned())
 }
 
@@ -895,6 +911,16 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("HOOKD_DATABASE_URL"), "{text}");
         assert!(text.contains("postgres://"), "{text}");
+        assert!(!text.contains(":pw@"), "the password is not echoed: {text}");
+    }
+
+    #[test]
+    fn database_url_requiring_tls_is_rejected() {
+        let url = "postgres://hookd:pw@127.0.0.1/hookd?sslmode=require";
+        let err = Config::load(None, env(&[("HOOKD_DATABASE_URL", url)])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HOOKD_DATABASE_URL"), "{text}");
+        assert!(text.contains("TLS"), "{text}");
         assert!(!text.contains(":pw@"), "the password is not echoed: {text}");
     }
 

@@ -210,16 +210,30 @@ pub(crate) fn connect_postgres(url: &str) -> Result<postgres::Client> {
         })
 }
 
-/// Replaces the password in a database URL with `***`.
+/// Replaces the password in a database URL with `***`, whether it is in
+/// the user information or a `password` query parameter.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "(an invalid URL)".to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(an invalid URL)".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed.query_pairs().any(|(key, _)| key == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "password" {
+                    "***".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// Name of the SQLite file in the data folder.
@@ -669,3 +683,36 @@ impl PageRequest {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn password_in_user_info_is_hidden() {
+        assert_eq!(
+            redact_url("postgres://hookd:s3cret@db:5432/hookd"),
+            "postgres://hookd:***@db:5432/hookd"
+        );
+    }
+
+    #[test]
+    fn password_in_query_is_hidden() {
+        let shown = redact_url("postgres://hookd@db/hookd?sslmode=disable&password=s3cret");
+        assert_eq!(
+            shown,
+            "postgres://hookd@db/hookd?sslmode=disable&password=***"
+        );
+        let shown = redact_url("postgres:///hookd?host=db&user=u&password=p%40ss");
+        assert!(!shown.contains("p%40ss"), "{shown}");
+        assert!(!shown.contains("p@ss"), "{shown}");
+    }
+
+    #[test]
+    fn url_without_password_is_unchanged() {
+        assert_eq!(
+            redact_url("postgres://hookd@127.0.0.1:5432/hookd"),
+            "postgres://hookd@127.0.0.1:5432/hookd"
+        );
+    }
+}
