@@ -166,10 +166,10 @@ async fn check(state: &AppState, endpoint: &mut Endpoint) -> ApiResult<()> {
         let unknown = state
             .store
             .read(move |conn| {
-                for name in types {
-                    match crate::store::event_types::get(conn, &name)? {
+                for name in &types {
+                    match crate::store::event_types::get(conn, name)? {
                         Some(found) if !found.archived => {}
-                        _ => return Ok(Some(name)),
+                        _ => return Ok(Some(name.clone())),
                     }
                 }
                 Ok(None)

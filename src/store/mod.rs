@@ -263,7 +263,19 @@ struct Inner {
 
 impl Inner {
     /// Runs `f` on an idle reading connection, opening one when none is idle.
-    fn with_reader<T>(&self, f: impl FnOnce(&Conn) -> Result<T>) -> Result<T> {
+    /// When the server had dropped an idle connection, `f` runs once more on
+    /// a new one, which reads may do safely.
+    fn with_reader<T>(&self, f: impl Fn(&Conn) -> Result<T>) -> Result<T> {
+        match self.with_reader_once(&f) {
+            Err(err) if err.is_unavailable() && self.database.dialect() == Dialect::Postgres => {
+                tracing::debug!(error = %err, "a read failed on a dropped connection; trying a new one");
+                self.with_reader_once(&f)
+            }
+            outcome => outcome,
+        }
+    }
+
+    fn with_reader_once<T>(&self, f: impl FnOnce(&Conn) -> Result<T>) -> Result<T> {
         let idle = self
             .readers
             .lock()
@@ -431,7 +443,7 @@ impl Store {
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+        F: Fn(&Conn) -> Result<T> + Send + 'static,
     {
         match self.inner.database {
             Database::Sqlite { .. } => self.inner.with_reader(f),
@@ -444,7 +456,7 @@ impl Store {
     pub async fn read_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+        F: Fn(&Conn) -> Result<T> + Send + 'static,
     {
         let permit = self
             .inner
@@ -603,7 +615,17 @@ fn run_writer(
         let started = Instant::now();
         let mut replies: Vec<Reply> = Vec::new();
 
-        if let Err(err) = conn.execute_batch(begin) {
+        let mut began = conn.execute_batch(begin);
+        if began.is_err() && conn.is_broken() {
+            // The server dropped an idle connection, which the client learns
+            // only now: reconnect and try once more, so this write succeeds.
+            if let Ok(fresh) = database.connect(false, cipher.clone()) {
+                tracing::info!(database = %database.describe(), "the store writer reconnected to the database");
+                conn = fresh;
+                began = conn.execute_batch(begin);
+            }
+        }
+        if let Err(err) = began {
             // Dropping the job drops its reply channel, so its caller gets
             // `StoreError::Unavailable`.
             tracing::error!(error = %err, "cannot begin a transaction; the write is rejected");

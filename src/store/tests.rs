@@ -142,7 +142,7 @@ where
 async fn read_ok<T, F>(store: &Store, f: F) -> T
 where
     T: Send + 'static,
-    F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+    F: Fn(&Conn) -> Result<T> + Send + 'static,
 {
     store.read(f).await.expect("the read succeeds")
 }

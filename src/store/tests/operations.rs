@@ -1385,7 +1385,8 @@ pub(super) async fn operational_endpoints_follow_config(backend: Backend) {
 
     let ep = endpoint(&app_id, None);
     let data = read_ok(&store, move |conn| {
-        operational::endpoint_data(conn, &ep, Some(1_700_000_000_000)).map(|data| (ep.id, data))
+        operational::endpoint_data(conn, &ep, Some(1_700_000_000_000))
+            .map(|data| (ep.id.clone(), data))
     })
     .await;
     assert_eq!(

@@ -143,3 +143,29 @@ async fn postgres_outage_fails_writes_then_recovers() {
     assert_eq!(pending, 11, "one pending delivery per stored message");
     store.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dropped_connection_costs_no_write() {
+    let (db, store, _) = store_with_endpoint(Backend::Postgres).await;
+    let name = db
+        .postgres_name
+        .clone()
+        .expect("a PostgreSQL test database");
+
+    // A read first, so the pool keeps a reading connection.
+    assert_eq!(message_ids(&store).await.unwrap(), Vec::<String>::new());
+
+    // The server ends every session, as a failover or an idle-session
+    // timeout would, but keeps taking new connections.
+    cut_off(&name);
+    reconnect(&name);
+
+    // The first write and the first read after it succeed: each notices
+    // its dropped connection and tries once more on a new one.
+    let created = store.write(new_message(7)).await.expect("the first write");
+    assert!(created.is_new);
+    assert_eq!(
+        message_ids(&store).await.expect("the first read"),
+        vec![created.message.id]
+    );
+}
