@@ -207,8 +207,14 @@ impl Cluster {
         inbox: ClusterInbox,
         engine: Engine,
     ) -> Result<Self, StoreError> {
-        let mut leases = Leases::new(settings.clone(), link.ownership.clone(), engine.clone());
-        crate::store::off_runtime(|| leases.connect_and_round())?;
+        // Off the runtime, where the client may block, and may be dropped
+        // when the start fails.
+        let leases = crate::store::off_runtime(|| {
+            let mut leases = Leases::new(settings.clone(), link.ownership.clone(), engine.clone());
+            leases.check_node_id_free()?;
+            leases.connect_and_round()?;
+            Ok::<_, StoreError>(leases)
+        })?;
         tracing::info!(
             node_id = %settings.node_id,
             partitions = leases.held.len(),
@@ -217,7 +223,7 @@ impl Cluster {
         let lease_thread = std::thread::Builder::new()
             .name("hookd-cluster-leases".into())
             .spawn(move || leases.run(inbox.0))
-            .map_err(|err| StoreError::Corrupt(format!("cannot start the lease thread: {err}")))?;
+            .map_err(|err| StoreError::Cluster(format!("cannot start the lease thread: {err}")))?;
 
         let stop_listener = Arc::new(AtomicBool::new(false));
         let listener_stop = stop_listener.clone();
@@ -226,7 +232,7 @@ impl Cluster {
             .name("hookd-cluster-listen".into())
             .spawn(move || listen(&listener_settings, &engine, &listener_stop))
             .map_err(|err| {
-                StoreError::Corrupt(format!("cannot start the listener thread: {err}"))
+                StoreError::Cluster(format!("cannot start the listener thread: {err}"))
             })?;
 
         Ok(Self {
@@ -326,6 +332,36 @@ impl Leases {
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Fails when another running process uses this node id: its row in
+    /// `cluster_nodes` is renewed while this one watches it for two rounds.
+    /// Two processes with one id would each believe they hold its leases. A
+    /// row left by a process that died is not renewed, so a restart with
+    /// the same id goes on after the wait.
+    fn check_node_id_free(&mut self) -> Result<(), StoreError> {
+        let node_id = self.settings.node_id.clone();
+        let query = format!(
+            "SELECT expires_at FROM cluster_nodes WHERE node_id = $1 AND expires_at > {DB_NOW_MS}"
+        );
+        let first: Option<i64> = self
+            .client()?
+            .query_opt(&query, &[&node_id])?
+            .map(|row| row.get(0));
+        let Some(first) = first else {
+            return Ok(());
+        };
+        std::thread::sleep(ROUND_INTERVAL * 2 + Duration::from_millis(500));
+        let second: Option<i64> = self
+            .client()?
+            .query_opt(&query, &[&node_id])?
+            .map(|row| row.get(0));
+        if second.is_some_and(|second| second != first) {
+            return Err(StoreError::Cluster(format!(
+                "node id {node_id} is in use by another running node; give each node its own HOOKD_NODE_ID"
+            )));
+        }
+        Ok(())
     }
 
     /// Runs one lease round and applies its result to [`Ownership`].

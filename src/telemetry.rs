@@ -58,8 +58,8 @@ pub mod metric {
     pub const CLUSTER_PARTITIONS_HELD: &str = "hookd_cluster_partitions_held";
     /// Gauge: held partitions this node is draining to give to other nodes.
     pub const CLUSTER_PARTITIONS_DRAINING: &str = "hookd_cluster_partitions_draining";
-    /// Counter: endpoint ids received from other nodes' notifications of
-    /// new deliveries.
+    /// Counter: endpoints of this node named in notifications of new
+    /// deliveries, which other nodes send after storing them.
     pub const CLUSTER_ENDPOINTS_WOKEN: &str = "hookd_cluster_endpoints_woken_total";
     /// Counter, label `source`: records read from a stream source.
     pub const SOURCE_RECORDS: &str = "hookd_source_records_total";

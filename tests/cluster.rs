@@ -543,3 +543,40 @@ async fn node_leaving_mid_drain_leaves_none_stuck() {
     let paths: BTreeSet<String> = requests.iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths.len(), 40, "every endpoint got the message");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_id_in_use_is_rejected() {
+    let database = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_nodes(&database, dir.path(), &["node-a"], |s| s).await;
+
+    // A second process with the same node id stops at start with a clear error.
+    let data_dir = dir.path().join("twin");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let settings = node_settings(&database, "node-a");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .arg("serve")
+        .envs(settings.env_for("127.0.0.1:0", &data_dir))
+        .output()
+        .await
+        .expect("run hookd serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the twin exits with an error");
+    assert!(
+        stderr.contains("node id node-a is in use by another running node"),
+        "{stderr}"
+    );
+
+    // The first node still holds every partition.
+    assert_eq!(
+        metric(&nodes[0].api, "hookd_cluster_partitions_held").await,
+        64.0
+    );
+
+    // After a kill -9, a new process with the same id starts: the old row
+    // is no longer renewed.
+    let node_a = nodes.into_iter().next().unwrap();
+    node_a.kill().await;
+    let restarted = HookdProcess::spawn(&settings, &dir.path().join("node-a"), "node-a.log").await;
+    assert!(restarted.is_healthy().await);
+}

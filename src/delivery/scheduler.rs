@@ -387,7 +387,9 @@ impl Scheduler {
                 }
             }
             Event::PartitionsGained(partitions) => self.find_backlog(Some(partitions)),
-            Event::Woken(endpoint_ids) => {
+            Event::Woken(mut endpoint_ids) => {
+                // Every node hears every notification; each takes its own endpoints.
+                endpoint_ids.retain(|id| self.owns(id));
                 metrics::counter!(metric::CLUSTER_ENDPOINTS_WOKEN)
                     .increment(endpoint_ids.len() as u64);
                 for endpoint_id in endpoint_ids {

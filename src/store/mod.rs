@@ -53,6 +53,9 @@ const MAX_BATCH_JOBS: usize = 2048;
 const MAX_READERS: usize = 8;
 /// How long a connection attempt to PostgreSQL may take.
 const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for PostgreSQL to run its read or write before
+/// it gets [`StoreError::Unavailable`]. The work itself may still finish.
+const PG_WAIT: Duration = Duration::from_secs(30);
 
 /// A failure of a store operation.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,9 @@ pub enum StoreError {
     /// A stored secret is encrypted and there is no key, or not the right one.
     #[error(transparent)]
     Decrypt(#[from] encryption::OpenError),
+    /// This node cannot take part in the cluster, for the reason given.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl StoreError {
@@ -190,10 +196,16 @@ pub(crate) fn connect_postgres(url: &str) -> Result<postgres::Client> {
         path: PathBuf::from(redact_url(url)),
         message: format!("invalid PostgreSQL URL: {err}"),
     })?;
+    // Keepalives and the TCP user timeout close a connection whose server
+    // stopped answering at the network level (about 25 s when idle, 20 s
+    // with data unacknowledged), so the writer and the readers reconnect.
     config
         .connect_timeout(PG_CONNECT_TIMEOUT)
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30));
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(20));
     if config.get_application_name().is_none() {
         config.application_name("hookd");
     }
@@ -430,7 +442,21 @@ impl Store {
             };
             writer.send(job).map_err(|_| StoreError::Closed)?;
         }
-        reply.await.map_err(|_| StoreError::Unavailable)?
+        match self.inner.database {
+            Database::Sqlite { .. } => reply.await.map_err(|_| StoreError::Unavailable)?,
+            // A server that hangs without closing the connection would hold
+            // the caller for as long as it hangs.
+            Database::Postgres { .. } => match tokio::time::timeout(PG_WAIT, reply).await {
+                Ok(reply) => reply.map_err(|_| StoreError::Unavailable)?,
+                Err(_) => {
+                    tracing::warn!(
+                        wait_s = PG_WAIT.as_secs(),
+                        "a write waited too long for the database; the caller gets 503"
+                    );
+                    Err(StoreError::Unavailable)
+                }
+            },
+        }
     }
 
     /// Runs `f` on a reading connection.
@@ -465,9 +491,24 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || inner.with_reader(f))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let postgres = matches!(self.inner.database, Database::Postgres { .. });
+        let read = tokio::task::spawn_blocking(move || inner.with_reader(f));
+        let result = if postgres {
+            match tokio::time::timeout(PG_WAIT, read).await {
+                Ok(joined) => joined.map_err(|_| StoreError::Closed)?,
+                Err(_) => {
+                    // The permit goes with the answer; the blocked read keeps
+                    // its thread until the connection fails.
+                    tracing::warn!(
+                        wait_s = PG_WAIT.as_secs(),
+                        "a read waited too long for the database; the caller gets 503"
+                    );
+                    Err(StoreError::Unavailable)
+                }
+            }
+        } else {
+            read.await.map_err(|_| StoreError::Closed)?
+        };
         drop(permit);
         result
     }

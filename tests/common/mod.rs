@@ -96,7 +96,7 @@ impl Settings {
         self
     }
 
-    fn env_for(&self, listen: &str, data_dir: &Path) -> Vec<(String, String)> {
+    pub fn env_for(&self, listen: &str, data_dir: &Path) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self
             .env
             .iter()
