@@ -85,6 +85,8 @@ pub struct Config {
     /// Name of this node in a cluster, unique among the nodes (`node_id`,
     /// `HOOKD_NODE_ID`); by default the host name and process id.
     pub node_id: String,
+    /// True when `node_id` was not set, so it is this process's default.
+    pub node_id_is_default: bool,
     /// How long a node's lease on a partition of endpoints lasts without
     /// renewal (`lease_duration`, `HOOKD_LEASE_DURATION`); at least twice
     /// `request_timeout` plus 5 s, so a lease outlives any attempt.
@@ -470,6 +472,7 @@ impl Config {
             }
             None => default_node_id(),
         };
+        let node_id_is_default = raw.get("node_id").is_none();
         let lease_duration = parse(
             raw,
             "lease_duration",
@@ -571,6 +574,7 @@ impl Config {
             retention_interval,
             database_url,
             node_id,
+            node_id_is_default,
             lease_duration,
             sources: SourcesConfig::default(),
         })

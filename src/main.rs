@@ -133,7 +133,14 @@ fn describe(config: &Config) -> String {
         .collect();
     let mut lines = vec![
         format!("listen = {}", config.listen),
-        format!("data_dir = {}", config.data_dir.display()),
+        if config.database_url.is_some() {
+            format!(
+                "data_dir = {} (unused with database_url)",
+                config.data_dir.display()
+            )
+        } else {
+            format!("data_dir = {}", config.data_dir.display())
+        },
         format!(
             "database_url = {}",
             config.database_url.as_deref().map_or_else(
@@ -141,7 +148,11 @@ fn describe(config: &Config) -> String {
                 hookd::store::redact_url
             )
         ),
-        format!("node_id = {}", config.node_id),
+        if config.node_id_is_default {
+            "node_id = (host name and process id of `hookd serve`)".to_owned()
+        } else {
+            format!("node_id = {}", config.node_id)
+        },
         format!("lease_duration = {}", duration(config.lease_duration)),
         format!(
             "admin_token = {}",

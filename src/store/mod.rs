@@ -140,7 +140,7 @@ fn postgres_message(err: &postgres::Error) -> String {
     }
 }
 
-/// Where the store keeps its data.
+/// The database the store keeps its data in.
 #[derive(Clone)]
 pub enum Database {
     /// A SQLite file, `hookd.sqlite3` in this folder.
@@ -197,7 +197,7 @@ pub(crate) fn connect_postgres(url: &str) -> Result<postgres::Client> {
         message: format!("invalid PostgreSQL URL: {err}"),
     })?;
     // Keepalives and the TCP user timeout close a connection whose server
-    // stopped answering at the network level (about 25 s when idle, 20 s
+    // stopped responding at the network level (about 25 s when idle, 20 s
     // with data unacknowledged), so the writer and the readers reconnect.
     config
         .connect_timeout(PG_CONNECT_TIMEOUT)
@@ -497,8 +497,8 @@ impl Store {
             match tokio::time::timeout(PG_WAIT, read).await {
                 Ok(joined) => joined.map_err(|_| StoreError::Closed)?,
                 Err(_) => {
-                    // The permit goes with the answer; the blocked read keeps
-                    // its thread until the connection fails.
+                    // The permit is released with the error; the blocked read
+                    // keeps its thread until the connection fails.
                     tracing::warn!(
                         wait_s = PG_WAIT.as_secs(),
                         "a read waited too long for the database; the caller gets 503"
