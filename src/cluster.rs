@@ -540,9 +540,9 @@ fn lease_round(
         .collect();
     let share = PARTITIONS.div_ceil(live_nodes.max(1) as u32) as usize;
 
-    // Drain no more than the node holds beyond its share: when a node
-    // left since a drain began, the share grew, and the partitions
-    // still draining are kept.
+    // Drain only what lies beyond the share. When a node left after a
+    // drain began, the share grew, so the partitions still draining are
+    // kept.
     draining.retain(|(partition, _)| held.contains(partition));
     let excess = held.len().saturating_sub(share);
     if draining.len() > excess {
