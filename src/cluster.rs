@@ -181,7 +181,7 @@ pub struct Cluster {
     listener_thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The two ends of a link before the engine exists: the engine takes the
+/// Creates the two ends of a link before the engine exists: the engine takes the
 /// link, and [`Cluster::start`] takes the receiver.
 pub fn link(request_timeout: Duration) -> (ClusterLink, ClusterInbox) {
     let (commands, inbox) = std_mpsc::channel();

@@ -34,7 +34,7 @@ struct OverlapWatch {
     overlaps: Vec<String>,
 }
 
-/// A receiver that answers 200 after `delay` and records overlapping
+/// Starts a receiver that responds 200 after `delay` and records overlapping
 /// requests with the same `webhook-id`.
 fn watched_receiver(watch: Arc<Mutex<OverlapWatch>>, delay: Duration) -> Receiver {
     Receiver::start(move |_, request: &Received| {
@@ -567,7 +567,7 @@ async fn node_id_in_use_is_rejected() {
         "{stderr}"
     );
 
-    // The first node still holds every partition.
+    // The first node still has the lease of every partition.
     assert_eq!(
         metric(&nodes[0].api, "hookd_cluster_partitions_held").await,
         64.0

@@ -131,7 +131,7 @@ fn health_signal(outcome: &Outcome, duration: std::time::Duration) -> Signal {
     }
 }
 
-/// How [`attempt`] ended without a store error.
+/// The end of an [`attempt`] without a store error.
 enum Attempted {
     /// Recorded, or not needed; with the deliveries the record created.
     Done(Vec<NewDelivery>),

@@ -734,7 +734,7 @@ impl PageRequest {
         };
         let condition = match self.iterator {
             Some(_) => format!("{column} {cmp} ?{placeholder}"),
-            // The cast tells PostgreSQL the type of an otherwise unused parameter.
+            // The cast gives PostgreSQL the type of an otherwise unused parameter.
             None => format!("CAST(?{placeholder} AS TEXT) IS NULL"),
         };
         (
