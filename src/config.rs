@@ -406,7 +406,10 @@ impl Config {
         let circuit_breaker_failures = parse(raw, "circuit_breaker_failures", "5", "5", |v| {
             parse_count(v, 0, 1_000_000).map(|n| n as u32)
         })?;
-        let max_in_flight = parse(raw, "max_in_flight", "4096", "4096", |v| {
+        // A request in flight takes about 35 KB (hyper's connection buffers
+        // and dispatch channel, the task, the request), so 2,048 requests to
+        // hanging receivers take about 70 MB.
+        let max_in_flight = parse(raw, "max_in_flight", "2048", "2048", |v| {
             parse_count(v, 1, 1_000_000)
         })?;
         let max_payload_bytes = parse(raw, "max_payload_bytes", "1048576", "1048576", |v| {

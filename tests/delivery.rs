@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use common::{
-    eventually, expected_signature, message_body, Answer, Api, ClosedPort, Hookd, Receiver,
-    Settings, WAIT,
+    eventually, expected_signature, message_body, Answer, Api, ClosedPort, Hookd, Received,
+    Receiver, Settings, WAIT,
 };
 
 /// Escapes and non-ASCII characters that a JSON re-encoder would change.
@@ -43,6 +43,27 @@ async fn send_concurrently(api: &Api, app: &str, count: usize) -> HashMap<String
         sent.insert(id, started);
     }
     sent
+}
+
+/// Asserts that each request at the healthy receiver carries a message from
+/// `sent` and arrived within `limit` of the send.
+fn assert_arrived_within(
+    requests: &[Received],
+    sent: &HashMap<String, Instant>,
+    limit: Duration,
+    context: &str,
+) {
+    for request in requests {
+        let id = request.webhook_id();
+        let started = sent
+            .get(id)
+            .unwrap_or_else(|| panic!("unexpected webhook-id {id:?} at the healthy receiver"));
+        let latency = request.at - *started;
+        assert!(
+            latency <= limit,
+            "{id} arrived {latency:?} after it was sent, {context}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,21 +474,62 @@ async fn hanging_endpoint_does_not_delay_other_app() {
 
     let sent = send_concurrently(&hookd, &app, 50).await;
     let requests = healthy.wait_for_requests(50, WAIT).await;
-    for request in &requests {
-        let id = request.webhook_id();
-        let started = sent
-            .get(id)
-            .unwrap_or_else(|| panic!("unexpected webhook-id {id:?} at the healthy receiver"));
-        let latency = request.at - *started;
-        assert!(
-            latency <= Duration::from_secs(2),
-            "{id} arrived {latency:?} after it was sent, while another endpoint hangs"
-        );
-    }
+    assert_arrived_within(
+        &requests,
+        &sent,
+        Duration::from_secs(2),
+        "while another endpoint hangs",
+    );
     assert!(
         hanging.open_connections() > 0,
         "the hanging receiver should still hold connections, has {}",
         hanging.open_connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_endpoints_leave_global_slots_free() {
+    // 4 slow endpoints could keep 4 requests each, twice the 8 global slots.
+    // Once 6 slots are taken, an endpoint may start a request only while it
+    // has fewer than 6 / 4 = 1 in flight, so the slow ones keep 6 and a
+    // healthy endpoint finds a free slot.
+    let hookd = Settings::new()
+        .set("HOOKD_MAX_IN_FLIGHT", "8")
+        .set("HOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "4")
+        .set("HOOKD_INITIAL_IN_FLIGHT_PER_ENDPOINT", "4")
+        .set("HOOKD_REQUEST_TIMEOUT", "10s")
+        .start()
+        .await;
+    let slow: Vec<Receiver> = (0..4)
+        .map(|_| Receiver::always(Answer::ok().after(Duration::from_secs(5))))
+        .collect();
+    let healthy = Receiver::always(Answer::ok());
+    let slow_app = hookd.create_app().await;
+    for receiver in &slow {
+        hookd.create_endpoint(&slow_app, &receiver.url()).await;
+    }
+    let app = hookd.create_app().await;
+    hookd.create_endpoint(&app, &healthy.url()).await;
+
+    send_concurrently(&hookd, &slow_app, 20).await;
+    eventually(WAIT, "6 requests open at the slow receivers", || async {
+        let open: usize = slow.iter().map(Receiver::open_connections).sum();
+        (open >= 6).then_some(())
+    })
+    .await;
+
+    let sent = send_concurrently(&hookd, &app, 10).await;
+    let requests = healthy.wait_for_requests(10, WAIT).await;
+    assert_arrived_within(
+        &requests,
+        &sent,
+        Duration::from_millis(1500),
+        "while slow endpoints hold 5 s requests",
+    );
+    let slow_open: usize = slow.iter().map(Receiver::open_connections).sum();
+    assert_eq!(
+        slow_open, 6,
+        "requests open at the slow receivers while the healthy one is served"
     );
 }
 

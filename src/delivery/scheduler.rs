@@ -3,7 +3,9 @@
 //! global cap in total.
 //!
 //! The store is the source of truth; the queues hold only delivery ids, at
-//! most [`QUEUE_CAPACITY`] per endpoint. Work reaches a queue three ways:
+//! most [`QUEUE_CAPACITY`] per endpoint, and fewer when many endpoints have
+//! work, so that all queues together hold about [`QUEUE_BUDGET`] ids. Work
+//! reaches a queue three ways:
 //!
 //! 1. New deliveries, handed over by the API right after their commit.
 //! 2. Retries, found by a scan of the store for deliveries that become due in
@@ -39,10 +41,23 @@ use crate::telemetry::metric;
 
 /// Delivery ids held in memory per endpoint at most; the rest wait in the store.
 pub const QUEUE_CAPACITY: usize = 512;
-/// An endpoint's queue is refilled from the store when it is shorter than this.
-const REFILL_BELOW: usize = QUEUE_CAPACITY / 4;
+/// Delivery ids held in memory per endpoint at least, however many endpoints
+/// have work.
+const MIN_QUEUE_CAPACITY: usize = 32;
+/// Delivery ids held in all queues together, shared out evenly while more
+/// than `QUEUE_BUDGET / QUEUE_CAPACITY` endpoints have work. Each queued id
+/// costs about 24 bytes (its place in the queue and in the claimed set). So
+/// 1,000,000 ids in the queues of 10,000 endpoints took 24 MB before this
+/// bound, and with it those queues take 320,000 ids at most.
+const QUEUE_BUDGET: usize = 128 * 1024;
 /// Refill queries running at once at most.
 const MAX_CONCURRENT_REFILLS: usize = 4;
+/// Workers that have their response and wait for their attempt to be
+/// recorded, at most, per slot of `max_in_flight`. Such a worker keeps its
+/// delivery and the response body (a few KB with a 1 KB payload) but no
+/// connection, so the bound is wider than the one on requests. It still holds
+/// back new requests when the store writer falls behind.
+const RECORDING_PER_REQUEST_SLOT: usize = 4;
 /// How often due retries and backlogged endpoints are looked for.
 const TICK: Duration = Duration::from_millis(200);
 /// Endpoints whose health is kept at most; beyond it, calm endpoints without
@@ -193,6 +208,7 @@ impl Engine {
             queues: HashMap::new(),
             ring: VecDeque::new(),
             in_flight: 0,
+            recording: 0,
             refills_running: 0,
             retry_scan_running: false,
             retries_scanned_until: now_ms(),
@@ -242,6 +258,12 @@ impl Engine {
     }
 }
 
+/// Delivery ids one endpoint's queue may hold while `endpoints` endpoints
+/// have queues.
+fn queue_capacity(endpoints: usize) -> usize {
+    (QUEUE_BUDGET / endpoints.max(1)).clamp(MIN_QUEUE_CAPACITY, QUEUE_CAPACITY)
+}
+
 #[derive(Default)]
 struct EndpointQueue {
     /// Deliveries waiting for a free slot, in arrival order.
@@ -279,7 +301,10 @@ struct Scheduler {
     queues: HashMap<Arc<str>, EndpointQueue>,
     /// Endpoints with queued work and a free slot, in round-robin order.
     ring: VecDeque<Arc<str>>,
+    /// Requests sent and waiting for their response, bounded by `max_in_flight`.
     in_flight: usize,
+    /// Workers with their response, waiting for their attempt to be recorded.
+    recording: usize,
     refills_running: usize,
     retry_scan_running: bool,
     /// Retries due up to this time have been queued or marked as backlog.
@@ -395,8 +420,9 @@ impl Scheduler {
                 for endpoint_id in endpoint_ids {
                     let endpoint_id: Arc<str> = Arc::from(endpoint_id.as_str());
                     self.mark_backlogged(endpoint_id.clone());
+                    let refill_below = self.refill_below();
                     let wants_refill = self.queues.get(&endpoint_id).is_some_and(|q| {
-                        q.backlogged && !q.refilling && q.queued.len() < REFILL_BELOW
+                        q.backlogged && !q.refilling && q.queued.len() < refill_below
                     });
                     if wants_refill {
                         self.start_refill(endpoint_id);
@@ -433,7 +459,9 @@ impl Scheduler {
                 }
                 // Work that arrived during the refill is in the store only:
                 // read it now rather than at the next tick.
-                if queue.backlogged && queue.queued.len() < REFILL_BELOW {
+                let refill_below = self.refill_below();
+                let queue = &self.queues[&endpoint_id];
+                if queue.backlogged && queue.queued.len() < refill_below {
                     self.start_refill(endpoint_id.clone());
                 }
                 self.forget_if_idle(&endpoint_id);
@@ -472,11 +500,12 @@ impl Scheduler {
         if !self.owns(&endpoint_id) {
             return;
         }
+        let capacity = self.queue_capacity();
         let queue = self.queues.entry(endpoint_id.clone()).or_default();
         if queue.claimed.contains(&delivery_id) {
             return;
         }
-        if (queue.backlogged && !from_refill) || queue.queued.len() >= QUEUE_CAPACITY {
+        if (queue.backlogged && !from_refill) || queue.queued.len() >= capacity {
             queue.backlogged = true;
             queue.overflow_generation += 1;
             return;
@@ -484,6 +513,34 @@ impl Scheduler {
         queue.queued.push_back(delivery_id);
         queue.claimed.insert(delivery_id);
         self.make_ready(&endpoint_id);
+    }
+
+    /// Requests in flight one endpoint may start more of: no limit while a
+    /// quarter of the global slots are free, then an even share of the other
+    /// three quarters among the endpoints with work. Without it, endpoints
+    /// that hold each request for seconds (slow or hanging receivers) take
+    /// every global slot as their adaptive limits grow, and a healthy
+    /// endpoint waits for one of their requests to end.
+    fn fair_share(&self) -> usize {
+        let max = self.settings.max_in_flight;
+        let shared = max - max / 4;
+        if self.in_flight < shared {
+            return usize::MAX;
+        }
+        (shared / self.queues.len().max(1)).max(1)
+    }
+
+    /// Delivery ids one endpoint's queue may hold now: [`QUEUE_CAPACITY`]
+    /// while few endpoints have work, an even share of [`QUEUE_BUDGET`] when
+    /// many do, and never fewer than [`MIN_QUEUE_CAPACITY`].
+    fn queue_capacity(&self) -> usize {
+        queue_capacity(self.queues.len())
+    }
+
+    /// Returns the length below which a backlogged endpoint's queue is
+    /// refilled from the store.
+    fn refill_below(&self) -> usize {
+        self.queue_capacity() / 4
     }
 
     fn mark_backlogged(&mut self, endpoint_id: Arc<str>) {
@@ -570,6 +627,8 @@ impl Scheduler {
     /// the outcome to the endpoint's health.
     fn sent(&mut self, endpoint_id: Arc<str>, signal: Signal) {
         self.release_endpoint_slot(&endpoint_id);
+        self.in_flight -= 1;
+        self.recording += 1;
         {
             let settings = &self.health_settings;
             let health = self
@@ -601,10 +660,7 @@ impl Scheduler {
         self.make_ready(&endpoint_id);
     }
 
-    /// Frees a request slot of the endpoint. The global count is released
-    /// only in [`Scheduler::finish`]: it bounds the workers alive, including
-    /// those waiting for their attempt to be recorded, so a store that falls
-    /// behind holds back new requests instead of piling up finished ones.
+    /// Frees a request slot of the endpoint.
     fn release_endpoint_slot(&mut self, endpoint_id: &Arc<str>) {
         if let Some(queue) = self.queues.get_mut(endpoint_id) {
             queue.in_flight -= 1;
@@ -620,8 +676,10 @@ impl Scheduler {
                 delivery.delivery_id,
             );
         }
-        self.in_flight -= 1;
-        if !result.sent {
+        if result.sent {
+            self.recording -= 1;
+        } else {
+            self.in_flight -= 1;
             self.release_endpoint_slot(&endpoint_id);
         }
         if let Some(queue) = self.queues.get_mut(&endpoint_id) {
@@ -650,12 +708,14 @@ impl Scheduler {
 
     /// Starts workers for queued deliveries, one endpoint at a time in turn.
     fn dispatch(&mut self) {
-        while self.in_flight < self.settings.max_in_flight {
+        let max_recording = self.settings.max_in_flight * RECORDING_PER_REQUEST_SLOT;
+        while self.in_flight < self.settings.max_in_flight && self.recording < max_recording {
             let Some(endpoint_id) = self.ring.pop_front() else {
                 break;
             };
-            let cap = self.capacity(&endpoint_id);
+            let cap = self.capacity(&endpoint_id).min(self.fair_share());
             let may_start = self.may_start(&endpoint_id);
+            let refill_below = self.refill_below();
             let Some(queue) = self.queues.get_mut(&endpoint_id) else {
                 continue;
             };
@@ -680,7 +740,7 @@ impl Scheduler {
                 self.ring.push_back(endpoint_id.clone());
             }
             let needs_refill =
-                queue.backlogged && !queue.refilling && queue.queued.len() < REFILL_BELOW;
+                queue.backlogged && !queue.refilling && queue.queued.len() < refill_below;
 
             let context = self.context.clone();
             let events = self.events_tx.clone();
@@ -748,10 +808,11 @@ impl Scheduler {
         }
 
         // Refill backlogged endpoints whose queues run low.
+        let refill_below = self.refill_below();
         let wanting: Vec<Arc<str>> = self
             .queues
             .iter()
-            .filter(|(_, q)| q.backlogged && !q.refilling && q.queued.len() < REFILL_BELOW)
+            .filter(|(_, q)| q.backlogged && !q.refilling && q.queued.len() < refill_below)
             .map(|(id, _)| id.clone())
             .collect();
         for endpoint_id in wanting {
@@ -771,6 +832,7 @@ impl Scheduler {
         if self.refills_running >= MAX_CONCURRENT_REFILLS {
             return;
         }
+        let capacity = self.queue_capacity();
         let Some(queue) = self.queues.get_mut(&endpoint_id) else {
             return;
         };
@@ -779,7 +841,7 @@ impl Scheduler {
         let generation = queue.overflow_generation;
         // Ask for enough rows to fill the queue even after skipping the ones
         // already claimed.
-        let limit = QUEUE_CAPACITY - queue.queued.len() + queue.claimed.len();
+        let limit = capacity.saturating_sub(queue.queued.len()) + queue.claimed.len();
         let store = self.store.clone();
         let events = self.events_tx.clone();
         tokio::spawn(async move {
@@ -853,5 +915,21 @@ impl Scheduler {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_capacity_shares_budget() {
+        assert_eq!(queue_capacity(0), 512);
+        assert_eq!(queue_capacity(1), 512);
+        assert_eq!(queue_capacity(256), 512);
+        assert_eq!(queue_capacity(257), 510);
+        assert_eq!(queue_capacity(1_000), 131);
+        assert_eq!(queue_capacity(4_096), 32);
+        assert_eq!(queue_capacity(10_000), 32);
     }
 }

@@ -598,8 +598,11 @@ fn open_sqlite(path: &Path, read_only: bool) -> Result<Connection> {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
     }
     // Page cache in KiB (negative means KiB): the writer touches the hot
-    // indexes of every table, readers mostly one row at a time.
-    let cache_kib = if read_only { 4_000 } else { 16_000 };
+    // indexes of every table, readers mostly one row at a time. A reader's
+    // cache is also emptied when a read transaction starts after a commit,
+    // which under load is nearly every time, so a large one would only hold
+    // memory.
+    let cache_kib = if read_only { 2_000 } else { 16_000 };
     conn.pragma_update(None, "cache_size", -cache_kib)?;
     Ok(conn)
 }
