@@ -327,14 +327,7 @@ async fn kill_mid_stream_loses_and_duplicates_nothing() {
         (0..RECORDS).map(|n| format!("evt-{n}")).collect()
     );
 
-    let received = receiver.wait_for_requests(RECORDS, WAIT * 6).await;
-    let delivered: BTreeSet<String> = received
-        .iter()
-        .map(|r| {
-            let body: Value = serde_json::from_slice(&r.body).expect("JSON body");
-            body["id"].as_str().expect("an id").to_owned()
-        })
-        .collect();
+    let delivered = receiver.wait_for_body_ids(RECORDS, WAIT * 6).await;
     assert_eq!(delivered, event_ids, "every record reached the receiver");
 }
 

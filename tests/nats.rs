@@ -243,14 +243,7 @@ async fn kill_mid_stream_loses_and_duplicates_nothing() {
         (0..MESSAGES).map(|n| format!("user-{n}")).collect()
     );
 
-    let received = receiver.wait_for_requests(MESSAGES, WAIT * 6).await;
-    let delivered: BTreeSet<String> = received
-        .iter()
-        .map(|r| {
-            let body: Value = serde_json::from_slice(&r.body).expect("JSON body");
-            body["id"].as_str().expect("an id").to_owned()
-        })
-        .collect();
+    let delivered = receiver.wait_for_body_ids(MESSAGES, WAIT * 6).await;
     assert_eq!(delivered, event_ids);
     drop(second);
     stream.delete().await;

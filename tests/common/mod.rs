@@ -9,7 +9,7 @@ pub mod brokers;
 pub mod dns;
 pub mod postgres;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -877,6 +877,28 @@ impl Receiver {
             .lock()
             .expect("lock cut-offs")
             .clone()
+    }
+
+    /// Waits until the JSON bodies received carry `count` distinct `id`
+    /// fields, and returns those ids. After a kill a message may arrive
+    /// twice, so a count of requests can be reached with some still missing.
+    pub async fn wait_for_body_ids(&self, count: usize, timeout: Duration) -> BTreeSet<String> {
+        eventually(
+            timeout,
+            &format!("{count} distinct ids received"),
+            || async {
+                let ids: BTreeSet<String> = self
+                    .requests()
+                    .iter()
+                    .map(|r| {
+                        let body: Value = serde_json::from_slice(&r.body).expect("JSON body");
+                        body["id"].as_str().expect("an id").to_owned()
+                    })
+                    .collect();
+                (ids.len() >= count).then_some(ids)
+            },
+        )
+        .await
     }
 
     /// Waits until at least `count` requests arrived and returns them all.
