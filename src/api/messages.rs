@@ -186,10 +186,7 @@ async fn create(
         payload: Some(input.payload.get().to_owned()),
         created_at: now_ms(),
     };
-    let created = state
-        .store
-        .write(move |conn| store::create(conn, message))
-        .await?;
+    let created = state.store.create_message(message).await?;
     if created.is_new {
         state.engine.messages_stored();
         metrics::counter!(metric::MESSAGES_ACCEPTED).increment(1);

@@ -145,10 +145,7 @@ async fn attempt(
     delivery_id: i64,
     on_sent: &mut Option<OnSent>,
 ) -> Result<Attempted, StoreError> {
-    let loaded = context
-        .store
-        .read(move |conn| deliveries::load_for_send(conn, delivery_id))
-        .await?;
+    let loaded = context.store.load_for_send(delivery_id).await?;
     let Some(loaded) = loaded else {
         return Ok(Attempted::Done(Vec::new()));
     };
@@ -160,7 +157,7 @@ async fn attempt(
         // Finished or rescheduled since it was queued.
         return Ok(Attempted::Done(Vec::new()));
     }
-    let (endpoint, payload) = match (loaded.endpoint, loaded.message.payload) {
+    let (endpoint, payload) = match (loaded.endpoint, loaded.message.payload.clone()) {
         (Some(endpoint), Some(payload)) if !endpoint.disabled => (endpoint, payload),
         (endpoint, payload) => {
             let reason = match (endpoint, payload) {

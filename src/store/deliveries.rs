@@ -4,6 +4,9 @@
 //! `next_attempt_at` is the time it is due. A finished delivery (success, fail or
 //! canceled) has no `next_attempt_at`.
 
+use std::sync::Arc;
+
+use super::send_cache::SendCache;
 use super::sql::{params, Conn, Row};
 
 use super::messages::NewDelivery;
@@ -122,20 +125,53 @@ pub fn get(conn: &Conn, id: i64) -> Result<Option<Delivery>> {
 #[derive(Debug)]
 pub struct SendContext {
     pub delivery: Delivery,
-    pub message: Message,
+    pub message: Arc<Message>,
     /// `None` when the endpoint was deleted.
-    pub endpoint: Option<Endpoint>,
+    pub endpoint: Option<Arc<Endpoint>>,
 }
 
 /// Loads a delivery with its message and endpoint.
 pub fn load_for_send(conn: &Conn, id: i64) -> Result<Option<SendContext>> {
+    load_for_send_cached(conn, id, None)
+}
+
+/// Loads a delivery, and its message and endpoint from `cache` when it
+/// holds them or else from the store, keeping what it read in `cache`.
+pub(super) fn load_for_send_cached(
+    conn: &Conn,
+    id: i64,
+    cache: Option<&SendCache>,
+) -> Result<Option<SendContext>> {
+    // Read before the rows, so that a row read from a snapshot older than a
+    // change committed meanwhile is not kept.
+    let seen = cache.map(SendCache::generation);
     let Some(delivery) = get(conn, id)? else {
         return Ok(None);
     };
-    let Some(message) = super::messages::get(conn, &delivery.app_id, &delivery.msg_id)? else {
-        return Ok(None);
+    let message = match cache.and_then(|cache| cache.message(&delivery.msg_id)) {
+        Some(message) if message.app_id == delivery.app_id => message,
+        _ => {
+            let Some(message) = super::messages::get(conn, &delivery.app_id, &delivery.msg_id)?
+            else {
+                return Ok(None);
+            };
+            let message = Arc::new(message);
+            if let (Some(cache), Some(seen)) = (cache, seen) {
+                cache.keep_message(seen, message.clone());
+            }
+            message
+        }
     };
-    let endpoint = super::endpoints::get_by_id(conn, &delivery.endpoint_id)?;
+    let endpoint = match cache.and_then(|cache| cache.endpoint(&delivery.endpoint_id)) {
+        Some(endpoint) => Some(endpoint),
+        None => {
+            let endpoint = super::endpoints::get_by_id(conn, &delivery.endpoint_id)?.map(Arc::new);
+            if let (Some(cache), Some(seen), Some(endpoint)) = (cache, seen, &endpoint) {
+                cache.keep_endpoint(seen, endpoint.clone());
+            }
+            endpoint
+        }
+    };
     Ok(Some(SendContext {
         delivery,
         message,

@@ -30,6 +30,7 @@ pub mod poller;
 pub mod retention;
 mod schema;
 pub(crate) mod schema_postgres;
+mod send_cache;
 pub mod settings;
 pub mod sql;
 pub mod tasks;
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use send_cache::SendCache;
 pub use sql::{Conn, Dialect};
 
 use crate::telemetry::metric;
@@ -271,6 +273,8 @@ struct Inner {
     /// One permit per read that may run at once.
     read_permits: tokio::sync::Semaphore,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Endpoints and messages recent attempts read; SQLite only.
+    send_cache: Option<Arc<SendCache>>,
 }
 
 impl Inner {
@@ -346,12 +350,16 @@ impl Store {
         key: Option<&encryption::EncryptionKey>,
     ) -> Result<Self> {
         let cipher = key.map(|key| Arc::new(encryption::Cipher::new(key)));
+        let mut send_cache = None;
         let conn = match database {
             Database::Sqlite { data_dir } => {
                 std::fs::create_dir_all(data_dir)
                     .map_err(|err| database.open_error(err.to_string()))?;
                 let conn = open_sqlite(&data_dir.join(SQLITE_FILE), false)?;
                 schema::migrate(&conn)?;
+                let cache = SendCache::new();
+                cache.watch(&conn);
+                send_cache = Some(Arc::new(cache));
                 Conn::sqlite(conn, cipher.clone())
             }
             Database::Postgres { url } => {
@@ -386,9 +394,10 @@ impl Store {
         let (sender, receiver) = std_mpsc::channel::<Job>();
         let writer_database = database.clone();
         let writer_cipher = cipher.clone();
+        let writer_cache = send_cache.clone();
         let thread = std::thread::Builder::new()
             .name("hookd-store-writer".into())
-            .spawn(move || run_writer(conn, writer_database, writer_cipher, receiver))
+            .spawn(move || run_writer(conn, writer_database, writer_cipher, writer_cache, receiver))
             .map_err(|err| database.open_error(format!("cannot start the writer thread: {err}")))?;
 
         Ok(Self {
@@ -399,6 +408,7 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 read_permits: tokio::sync::Semaphore::new(MAX_READERS),
                 writer_thread: Mutex::new(Some(thread)),
+                send_cache,
             }),
         })
     }
@@ -475,6 +485,34 @@ impl Store {
             Database::Sqlite { .. } => self.inner.with_reader(f),
             Database::Postgres { .. } => self.read_blocking(f).await,
         }
+    }
+
+    /// Stores a message with the deliveries its fan-out makes, as
+    /// [`messages::create`] in a write job does. On SQLite a new message is
+    /// also kept in memory for its first attempts.
+    pub async fn create_message(
+        &self,
+        message: crate::model::Message,
+    ) -> Result<messages::Created> {
+        let cache = self.inner.send_cache.clone();
+        let seen = cache.as_deref().map(SendCache::generation);
+        let created = self
+            .write(move |conn| messages::create(conn, message))
+            .await?;
+        if let (Some(cache), Some(seen)) = (cache, seen) {
+            if created.is_new && !created.deliveries.is_empty() {
+                cache.keep_message(seen, Arc::new(created.message.clone()));
+            }
+        }
+        Ok(created)
+    }
+
+    /// Loads a delivery with its message and endpoint for an attempt. On
+    /// SQLite the message and the endpoint usually come from memory.
+    pub async fn load_for_send(&self, delivery_id: i64) -> Result<Option<deliveries::SendContext>> {
+        let cache = self.inner.send_cache.clone();
+        self.read(move |conn| deliveries::load_for_send_cached(conn, delivery_id, cache.as_deref()))
+            .await
     }
 
     /// Runs `f` on a reading connection on the blocking thread pool, for
@@ -635,6 +673,7 @@ fn run_writer(
     mut conn: Conn,
     database: Database,
     cipher: Option<Arc<encryption::Cipher>>,
+    send_cache: Option<Arc<SendCache>>,
     jobs: std_mpsc::Receiver<Job>,
 ) {
     let begin = begin_statement(database.dialect());
@@ -696,6 +735,11 @@ fn run_writer(
             metrics::counter!(metric::STORE_ERRORS, "operation" => "commit").increment(1);
             Arc::new(err.to_string())
         });
+        // Before any caller hears of the commit, so that no attempt it
+        // causes can use an endpoint or message as it was before.
+        if let Some(cache) = &send_cache {
+            cache.after_commit();
+        }
         metrics::histogram!(metric::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
         metrics::histogram!(metric::STORE_COMMIT_JOBS).record(replies.len() as f64);
         tracing::trace!(

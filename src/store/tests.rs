@@ -758,7 +758,7 @@ async fn failing_endpoint_is_disabled_and_reported(backend: Backend) {
                     .unwrap()
                     .unwrap();
                 assert_eq!(found.message.app_id, ops_app);
-                types.push(found.message.event_type);
+                types.push(found.message.event_type.clone());
             }
             types
         }
@@ -1063,6 +1063,7 @@ conformance!(
     message_status_shows_newest_delivery,
     repeated_event_id_returns_first_message,
     deliveries_round_trip,
+    attempt_reads_follow_changes,
     attempts_round_trip,
     app_tokens_round_trip,
     dead_letters_round_trip,

@@ -57,6 +57,8 @@ async fn message_of_only_delivery(store: &Store, created: &[messages::NewDeliver
     .await
     .expect("the delivery exists")
     .message
+    .as_ref()
+    .clone()
 }
 
 /// Stores a message of app_1, which `endpoint` takes, and returns a failed
@@ -955,8 +957,8 @@ pub(super) async fn deliveries_round_trip(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(sent.delivery.id, d3);
-    assert_eq!(sent.message, m2.message);
-    assert_eq!(sent.endpoint, Some(only_b.clone()));
+    assert_eq!(*sent.message, m2.message);
+    assert_eq!(sent.endpoint.as_deref(), Some(&only_b));
     let id = second.clone();
     write_ok(&store, move |conn| endpoints::delete(conn, &id, 700)).await;
     let sent = read_ok(&store, move |conn| deliveries::load_for_send(conn, d3))
@@ -965,6 +967,82 @@ pub(super) async fn deliveries_round_trip(backend: Backend) {
     assert_eq!(sent.endpoint, None, "the endpoint was deleted");
     let missing = read_ok(&store, |conn| deliveries::load_for_send(conn, -1)).await;
     assert!(missing.is_none());
+}
+
+/// What an attempt loads sees every committed change to its endpoint and
+/// its message, also after it loaded them before. On SQLite the two come
+/// from memory after the first load, so this covers emptying that cache.
+pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
+    let [first, second]: [Endpoint; 2] = save_endpoints(
+        &store,
+        vec![endpoint("app_1", None), endpoint("app_1", None)],
+    )
+    .await
+    .try_into()
+    .unwrap();
+    let created = create_message(&store, message("app_1", "a", None, 100)).await;
+    let delivery_to = |endpoint: &Endpoint| {
+        created
+            .deliveries
+            .iter()
+            .find(|d| d.endpoint_id == endpoint.id)
+            .expect("a delivery to each endpoint")
+            .delivery_id
+    };
+    let (to_first, to_second) = (delivery_to(&first), delivery_to(&second));
+    let load = |id: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .load_for_send(id)
+                .await
+                .expect("the read succeeds")
+                .expect("the delivery exists")
+        }
+    };
+
+    let loaded = load(to_first).await;
+    assert_eq!(loaded.delivery.id, to_first);
+    assert_eq!(*loaded.message, created.message);
+    assert_eq!(loaded.endpoint.as_deref(), Some(&first));
+    load(to_second).await;
+    if let Some(cache) = &store.inner.send_cache {
+        assert!(cache.endpoint(&first.id).is_some(), "the endpoint is kept");
+        assert!(
+            cache.message(&created.message.id).is_some(),
+            "the message is kept"
+        );
+    }
+    let again = load(to_first).await;
+    assert_eq!(*again.message, created.message);
+    assert_eq!(again.endpoint.as_deref(), Some(&first));
+
+    let mut edited = first.clone();
+    edited.url = "http://127.0.0.1:10/hook".to_owned();
+    edited.headers.insert("x-team".to_owned(), "b".to_owned());
+    edited.updated_at = 200;
+    let saved = edited.clone();
+    write_ok(&store, move |conn| endpoints::save(conn, &saved, true)).await;
+    assert_eq!(load(to_first).await.endpoint.as_deref(), Some(&edited));
+
+    let id = first.id.clone();
+    write_ok(&store, move |conn| endpoints::disable(conn, &id, 300)).await;
+    let disabled = load(to_first).await.endpoint.expect("the endpoint exists");
+    assert!(disabled.disabled, "the endpoint is disabled");
+
+    let msg_id = created.message.id.clone();
+    write_ok(&store, move |conn| messages::expunge_payload(conn, &msg_id)).await;
+    assert_eq!(load(to_second).await.message.payload, None);
+
+    let id = second.id.clone();
+    write_ok(&store, move |conn| endpoints::delete(conn, &id, 400)).await;
+    assert_eq!(
+        load(to_second).await.endpoint,
+        None,
+        "the endpoint was deleted"
+    );
 }
 
 pub(super) async fn attempts_round_trip(backend: Backend) {

@@ -1,0 +1,209 @@
+//! Endpoints and messages kept in memory for the attempts that read them.
+//!
+//! Every attempt needs its delivery, its message and its endpoint. The
+//! delivery row changes with each attempt, but a message changes only when
+//! its payload is expunged, and an endpoint only when it is edited, disabled
+//! or deleted. Fan-out reads each message once per endpoint and each endpoint
+//! once per message, so keeping both in memory leaves one read per attempt.
+//!
+//! SQLite only: there the store's writer thread makes every change. An update
+//! hook on its connection notes each row it updates or deletes in either
+//! table, and after the commit, before any caller hears of it, the writer
+//! empties the cache. On PostgreSQL other nodes change rows too, so attempts
+//! read all three rows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::hooks::Action;
+
+use crate::model::{Endpoint, Message};
+
+/// Maximum entries of each kind. A full map is emptied and starts over.
+const MAX_ENTRIES: usize = 1024;
+
+/// Maximum payload bytes of all messages kept.
+const MAX_PAYLOAD_BYTES: usize = 2 << 20;
+
+/// Messages with a larger payload are never kept, so one large message does
+/// not empty the map.
+const MAX_KEPT_PAYLOAD: usize = 64 << 10;
+
+pub struct SendCache {
+    state: Mutex<State>,
+    /// Set by the writer's update hook when a statement changed an endpoint
+    /// or a message, so that the writer empties the cache after the commit.
+    changed: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    generation: u64,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+    messages: HashMap<String, Arc<Message>>,
+    payload_bytes: usize,
+}
+
+/// The cache's generation, read before a row is read from the store. The
+/// row is kept only if no change was committed in between, so a row read
+/// from a snapshot older than a change never outlives that change.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation(u64);
+
+impl SendCache {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            changed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("send cache lock is never poisoned")
+    }
+
+    /// Registers the update hook on `conn`, the writer's connection.
+    pub fn watch(&self, conn: &rusqlite::Connection) {
+        let changed = self.changed.clone();
+        conn.update_hook(Some(
+            move |action: Action, _database: &str, table: &str, _rowid: i64| {
+                // Inserts make new rows, which no reader has kept yet.
+                if action != Action::SQLITE_INSERT && matches!(table, "endpoints" | "messages") {
+                    changed.store(true, Ordering::Release);
+                }
+            },
+        ));
+    }
+
+    /// Empties the cache if the transaction just committed or rolled back
+    /// changed an endpoint or a message. The writer calls it after each one.
+    pub fn after_commit(&self) {
+        if self.changed.swap(false, Ordering::AcqRel) {
+            let mut state = self.state();
+            state.generation += 1;
+            state.endpoints.clear();
+            state.messages.clear();
+            state.payload_bytes = 0;
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        Generation(self.state().generation)
+    }
+
+    pub fn endpoint(&self, id: &str) -> Option<Arc<Endpoint>> {
+        self.state().endpoints.get(id).cloned()
+    }
+
+    pub fn message(&self, id: &str) -> Option<Arc<Message>> {
+        self.state().messages.get(id).cloned()
+    }
+
+    /// Keeps an endpoint read after `seen`, unless a change came in between.
+    pub fn keep_endpoint(&self, seen: Generation, endpoint: Arc<Endpoint>) {
+        let mut state = self.state();
+        if state.generation != seen.0 {
+            return;
+        }
+        if state.endpoints.len() >= MAX_ENTRIES {
+            state.endpoints.clear();
+        }
+        state.endpoints.insert(endpoint.id.clone(), endpoint);
+    }
+
+    /// Keeps a message read after `seen`, unless a change came in between.
+    pub fn keep_message(&self, seen: Generation, message: Arc<Message>) {
+        let size = message.payload.as_ref().map_or(0, String::len);
+        if size > MAX_KEPT_PAYLOAD {
+            return;
+        }
+        let mut state = self.state();
+        if state.generation != seen.0 {
+            return;
+        }
+        if state.messages.len() >= MAX_ENTRIES || state.payload_bytes + size > MAX_PAYLOAD_BYTES {
+            state.messages.clear();
+            state.payload_bytes = 0;
+        }
+        if let Some(old) = state.messages.insert(message.id.clone(), message) {
+            state.payload_bytes -= old.payload.as_ref().map_or(0, String::len);
+        }
+        state.payload_bytes += size;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, payload_len: usize) -> Arc<Message> {
+        Arc::new(Message {
+            id: id.to_owned(),
+            app_id: "app_1".to_owned(),
+            event_type: "t".to_owned(),
+            event_id: None,
+            channels: None,
+            tags: None,
+            payload: Some("x".repeat(payload_len)),
+            created_at: 0,
+        })
+    }
+
+    #[test]
+    fn rows_read_before_a_change_are_not_kept() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE messages (id TEXT PRIMARY KEY, payload TEXT);
+             CREATE TABLE deliveries (id INTEGER PRIMARY KEY, state INTEGER);
+             INSERT INTO messages VALUES ('msg_1', 'a');
+             INSERT INTO deliveries VALUES (1, 0);",
+        )
+        .unwrap();
+        let cache = SendCache::new();
+        cache.watch(&conn);
+
+        // Inserts, and changes to other tables, keep what is cached.
+        let seen = cache.generation();
+        conn.execute_batch(
+            "INSERT INTO messages VALUES ('msg_2', 'b'); UPDATE deliveries SET state = 1",
+        )
+        .unwrap();
+        cache.after_commit();
+        cache.keep_message(seen, message("msg_1", 1));
+        assert!(cache.message("msg_1").is_some());
+
+        // A change to a message empties the cache, and a row read from a
+        // snapshot before that change is not kept afterwards.
+        let seen = cache.generation();
+        conn.execute("UPDATE messages SET payload = NULL WHERE id = 'msg_2'", [])
+            .unwrap();
+        cache.after_commit();
+        assert!(cache.message("msg_1").is_none());
+        cache.keep_message(seen, message("msg_2", 1));
+        assert!(cache.message("msg_2").is_none());
+    }
+
+    #[test]
+    fn payload_budget_bounds_the_messages_kept() {
+        let cache = SendCache::new();
+        let seen = cache.generation();
+        cache.keep_message(seen, message("msg_large", MAX_KEPT_PAYLOAD + 1));
+        assert!(cache.message("msg_large").is_none());
+
+        let size = MAX_KEPT_PAYLOAD;
+        let fit = MAX_PAYLOAD_BYTES / size;
+        for i in 0..fit {
+            cache.keep_message(seen, message(&format!("msg_{i}"), size));
+        }
+        assert_eq!(cache.state().payload_bytes, fit * size);
+        assert!(cache.message("msg_0").is_some());
+        // One more does not fit: the map starts over with it alone.
+        cache.keep_message(seen, message("msg_next", size));
+        assert_eq!(cache.state().messages.len(), 1);
+        assert_eq!(cache.state().payload_bytes, size);
+        assert!(cache.message("msg_next").is_some());
+    }
+}
