@@ -30,7 +30,7 @@ pub enum Dialect {
     Postgres,
 }
 
-/// A value bound to a placeholder.
+/// A value bound to a placeholder or read from a column.
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'a> {
     Null,
@@ -38,6 +38,19 @@ pub enum Value<'a> {
     Real(f64),
     Text(&'a str),
     Blob(&'a [u8]),
+}
+
+impl Value<'_> {
+    /// Names the value's type for error messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Null => "NULL",
+            Self::Int(_) => "an integer",
+            Self::Real(_) => "a real",
+            Self::Text(_) => "text",
+            Self::Blob(_) => "a blob",
+        }
+    }
 }
 
 /// A Rust value that can be bound to a placeholder.
@@ -132,40 +145,18 @@ macro_rules! sql_params {
 }
 pub use crate::sql_params as params;
 
-/// A column value as read from a row.
-#[derive(Debug, Clone, Copy)]
-pub enum ValueRef<'a> {
-    Null,
-    Int(i64),
-    Real(f64),
-    Text(&'a str),
-    Blob(&'a [u8]),
-}
-
-impl ValueRef<'_> {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::Null => "NULL",
-            Self::Int(_) => "an integer",
-            Self::Real(_) => "a real",
-            Self::Text(_) => "text",
-            Self::Blob(_) => "a blob",
-        }
-    }
-}
-
 /// A Rust value that can be read from a column.
 pub trait FromValue: Sized {
     /// Converts the value, or returns what was expected instead.
-    fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str>;
+    fn from_value(value: Value<'_>) -> Result<Self, &'static str>;
 }
 
 macro_rules! int_from_value {
     ($($t:ty),*) => {$(
         impl FromValue for $t {
-            fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str> {
+            fn from_value(value: Value<'_>) -> Result<Self, &'static str> {
                 match value {
-                    ValueRef::Int(v) => <$t>::try_from(v).map_err(|_| concat!("an integer that fits ", stringify!($t))),
+                    Value::Int(v) => <$t>::try_from(v).map_err(|_| concat!("an integer that fits ", stringify!($t))),
                     _ => Err("an integer"),
                 }
             }
@@ -175,56 +166,56 @@ macro_rules! int_from_value {
 int_from_value!(i64, i32, u16, u32, u64, usize);
 
 impl FromValue for bool {
-    fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str> {
+    fn from_value(value: Value<'_>) -> Result<Self, &'static str> {
         match value {
-            ValueRef::Int(v) => Ok(v != 0),
+            Value::Int(v) => Ok(v != 0),
             _ => Err("an integer"),
         }
     }
 }
 
 impl FromValue for f64 {
-    fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str> {
+    fn from_value(value: Value<'_>) -> Result<Self, &'static str> {
         match value {
-            ValueRef::Real(v) => Ok(v),
-            ValueRef::Int(v) => Ok(v as f64),
+            Value::Real(v) => Ok(v),
+            Value::Int(v) => Ok(v as f64),
             _ => Err("a number"),
         }
     }
 }
 
 impl FromValue for String {
-    fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str> {
+    fn from_value(value: Value<'_>) -> Result<Self, &'static str> {
         match value {
-            ValueRef::Text(v) => Ok(v.to_owned()),
+            Value::Text(v) => Ok(v.to_owned()),
             _ => Err("text"),
         }
     }
 }
 
 impl FromValue for Vec<u8> {
-    fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str> {
+    fn from_value(value: Value<'_>) -> Result<Self, &'static str> {
         match value {
-            ValueRef::Blob(v) => Ok(v.to_vec()),
-            ValueRef::Text(v) => Ok(v.as_bytes().to_vec()),
+            Value::Blob(v) => Ok(v.to_vec()),
+            Value::Text(v) => Ok(v.as_bytes().to_vec()),
             _ => Err("a blob"),
         }
     }
 }
 
 impl<const N: usize> FromValue for [u8; N] {
-    fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str> {
+    fn from_value(value: Value<'_>) -> Result<Self, &'static str> {
         match value {
-            ValueRef::Blob(v) => v.try_into().map_err(|_| "a blob of the expected length"),
+            Value::Blob(v) => v.try_into().map_err(|_| "a blob of the expected length"),
             _ => Err("a blob"),
         }
     }
 }
 
 impl<T: FromValue> FromValue for Option<T> {
-    fn from_value(value: ValueRef<'_>) -> Result<Self, &'static str> {
+    fn from_value(value: Value<'_>) -> Result<Self, &'static str> {
         match value {
-            ValueRef::Null => Ok(None),
+            Value::Null => Ok(None),
             other => T::from_value(other).map(Some),
         }
     }
@@ -252,24 +243,24 @@ impl Row<'_> {
         })
     }
 
-    fn value(&self, index: usize) -> Result<ValueRef<'_>> {
+    fn value(&self, index: usize) -> Result<Value<'_>> {
         match &self.inner {
             RowInner::Sqlite(row) => Ok(match row.get_ref(index)? {
-                rusqlite::types::ValueRef::Null => ValueRef::Null,
-                rusqlite::types::ValueRef::Integer(v) => ValueRef::Int(v),
-                rusqlite::types::ValueRef::Real(v) => ValueRef::Real(v),
-                rusqlite::types::ValueRef::Text(v) => ValueRef::Text(
+                rusqlite::types::ValueRef::Null => Value::Null,
+                rusqlite::types::ValueRef::Integer(v) => Value::Int(v),
+                rusqlite::types::ValueRef::Real(v) => Value::Real(v),
+                rusqlite::types::ValueRef::Text(v) => Value::Text(
                     std::str::from_utf8(v)
                         .map_err(|_| StoreError::Corrupt(format!("column {index} is not UTF-8")))?,
                 ),
-                rusqlite::types::ValueRef::Blob(v) => ValueRef::Blob(v),
+                rusqlite::types::ValueRef::Blob(v) => Value::Blob(v),
             }),
             RowInner::Postgres(row) => postgres_value(row, index),
         }
     }
 }
 
-fn postgres_value(row: &postgres::Row, index: usize) -> Result<ValueRef<'_>> {
+fn postgres_value(row: &postgres::Row, index: usize) -> Result<Value<'_>> {
     use postgres::types::Type;
 
     let Some(column) = row.columns().get(index) else {
@@ -277,29 +268,29 @@ fn postgres_value(row: &postgres::Row, index: usize) -> Result<ValueRef<'_>> {
     };
     let ty = column.type_().clone();
     let value = if ty == Type::INT8 {
-        row.try_get::<_, Option<i64>>(index)?.map(ValueRef::Int)
+        row.try_get::<_, Option<i64>>(index)?.map(Value::Int)
     } else if ty == Type::INT4 {
         row.try_get::<_, Option<i32>>(index)?
-            .map(|v| ValueRef::Int(v.into()))
+            .map(|v| Value::Int(v.into()))
     } else if ty == Type::INT2 {
         row.try_get::<_, Option<i16>>(index)?
-            .map(|v| ValueRef::Int(v.into()))
+            .map(|v| Value::Int(v.into()))
     } else if ty == Type::BOOL {
         row.try_get::<_, Option<bool>>(index)?
-            .map(|v| ValueRef::Int(v.into()))
+            .map(|v| Value::Int(v.into()))
     } else if ty == Type::FLOAT8 {
-        row.try_get::<_, Option<f64>>(index)?.map(ValueRef::Real)
+        row.try_get::<_, Option<f64>>(index)?.map(Value::Real)
     } else if ty == Type::BYTEA {
-        row.try_get::<_, Option<&[u8]>>(index)?.map(ValueRef::Blob)
+        row.try_get::<_, Option<&[u8]>>(index)?.map(Value::Blob)
     } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(&ty) {
-        row.try_get::<_, Option<&str>>(index)?.map(ValueRef::Text)
+        row.try_get::<_, Option<&str>>(index)?.map(Value::Text)
     } else {
         return Err(StoreError::Corrupt(format!(
             "column {} has type {ty}, which the store does not read; cast it to BIGINT or TEXT",
             column.name()
         )));
     };
-    Ok(value.unwrap_or(ValueRef::Null))
+    Ok(value.unwrap_or(Value::Null))
 }
 
 /// Binds a [`Value`] to whatever type PostgreSQL inferred for the placeholder.
@@ -482,39 +473,34 @@ impl Conn {
         params: &[&dyn ToValue],
         mut f: impl FnMut(&Row) -> Result<T>,
     ) -> Result<Vec<T>> {
-        match &self.inner {
-            ConnInner::Sqlite(conn) => {
-                let mut statement = conn.prepare_cached(sql)?;
-                bind_sqlite(&mut statement, params)?;
-                let mut rows = statement.raw_query();
-                let mut out = Vec::new();
-                while let Some(row) = rows.next()? {
-                    out.push(f(&Row {
-                        inner: RowInner::Sqlite(row),
-                    })?);
-                }
-                Ok(out)
+        let mut out = Vec::new();
+        self.query_while(sql, params, |row| {
+            out.push(f(row)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Runs a query and maps its first row with `f`; `None` when it returns no row.
+    pub fn query_opt<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn ToValue],
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let mut f = Some(f);
+        let mut first = None;
+        self.query_while(sql, params, |row| {
+            if let Some(f) = f.take() {
+                first = Some(f(row)?);
             }
-            ConnInner::Postgres(pg) => {
-                let rows = {
-                    let mut pg = pg.borrow_mut();
-                    let statement = pg.statement(sql)?;
-                    let values = pg_values(params);
-                    pg.client().query(&statement, &pg_refs(&values))?
-                };
-                rows.iter()
-                    .map(|row| {
-                        f(&Row {
-                            inner: RowInner::Postgres(row),
-                        })
-                    })
-                    .collect()
-            }
-        }
+            Ok(false)
+        })?;
+        Ok(first)
     }
 
     /// Runs a query and calls `f` on each row until it returns false, so a
-    /// caller can stop reading early.
+    /// caller can stop reading early. The other query methods build on it.
     pub fn query_while(
         &self,
         sql: &str,
@@ -533,7 +519,6 @@ impl Conn {
                         break;
                     }
                 }
-                Ok(())
             }
             ConnInner::Postgres(pg) => {
                 let rows = {
@@ -549,46 +534,9 @@ impl Conn {
                         break;
                     }
                 }
-                Ok(())
             }
         }
-    }
-
-    /// Runs a query and maps its first row with `f`; `None` when it returns no row.
-    pub fn query_opt<T>(
-        &self,
-        sql: &str,
-        params: &[&dyn ToValue],
-        f: impl FnOnce(&Row) -> Result<T>,
-    ) -> Result<Option<T>> {
-        match &self.inner {
-            ConnInner::Sqlite(conn) => {
-                let mut statement = conn.prepare_cached(sql)?;
-                bind_sqlite(&mut statement, params)?;
-                let mut rows = statement.raw_query();
-                match rows.next()? {
-                    Some(row) => f(&Row {
-                        inner: RowInner::Sqlite(row),
-                    })
-                    .map(Some),
-                    None => Ok(None),
-                }
-            }
-            ConnInner::Postgres(pg) => {
-                let row = {
-                    let mut pg = pg.borrow_mut();
-                    let statement = pg.statement(sql)?;
-                    let values = pg_values(params);
-                    pg.client().query_opt(&statement, &pg_refs(&values))?
-                };
-                row.map(|row| {
-                    f(&Row {
-                        inner: RowInner::Postgres(&row),
-                    })
-                })
-                .transpose()
-            }
-        }
+        Ok(())
     }
 
     /// Runs a query that returns exactly one row, such as a `COUNT(*)`.
