@@ -20,7 +20,7 @@ pub fn init(format: LogFormat) {
 /// Metric names, all prefixed `hookd_`. Label values come from small fixed
 /// sets; there are no per-endpoint or per-application labels.
 pub mod metric {
-    /// Counter: messages stored by the API.
+    /// Counter: messages stored, from the API or a source.
     pub const MESSAGES_ACCEPTED: &str = "hookd_messages_accepted_total";
     /// Counter: messages not stored again because their event id was known.
     pub const MESSAGES_DEDUPLICATED: &str = "hookd_messages_deduplicated_total";
@@ -41,6 +41,9 @@ pub mod metric {
     pub const QUEUED: &str = "hookd_queued_deliveries";
     /// Gauge: requests in flight.
     pub const IN_FLIGHT: &str = "hookd_in_flight_requests";
+    /// Gauge: attempts that have their response and wait for the commit
+    /// that records them. They no longer hold a request slot.
+    pub const RECORDING: &str = "hookd_attempts_recording";
     /// Gauge: endpoints with more due work in the store than in memory.
     pub const BACKLOGGED_ENDPOINTS: &str = "hookd_backlogged_endpoints";
     /// Gauge, label `state`: endpoints whose breaker is open, probing, or

@@ -23,13 +23,16 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 async fn metrics_count_messages_and_outcomes() {
     let hookd = Settings::new()
         .set("HOOKD_RETRY_SCHEDULE", "100ms")
+        .set("HOOKD_REQUEST_TIMEOUT", "30s")
         .start()
         .await;
     let ok = Receiver::always(Answer::ok());
     let failing = Receiver::always(Answer::status(500));
+    let hanging = Receiver::always(Answer::Hang);
     let app = hookd.api.create_app().await;
     hookd.api.create_endpoint(&app, &ok.url()).await;
     hookd.api.create_endpoint(&app, &failing.url()).await;
+    hookd.api.create_endpoint(&app, &hanging.url()).await;
     for n in 0..3 {
         hookd
             .api
@@ -39,6 +42,9 @@ async fn metrics_count_messages_and_outcomes() {
     ok.wait_for_requests(3, Duration::from_secs(10)).await;
     // Each failing delivery makes one attempt and one retry.
     failing.wait_for_requests(6, Duration::from_secs(10)).await;
+    // A new endpoint starts with 2 requests in flight, so the third message
+    // waits in the hanging endpoint's queue until the 30 s deadline.
+    hanging.wait_for_requests(2, Duration::from_secs(10)).await;
 
     let client = reqwest::Client::new();
     let url = format!("{}/metrics", hookd.api.base);
@@ -47,7 +53,10 @@ async fn metrics_count_messages_and_outcomes() {
         let response = client.get(&url).send().await.expect("GET /metrics");
         assert_eq!(response.status(), 200);
         let text = response.text().await.expect("a text body");
-        if sample(&text, "hookd_delivery_outcomes_total{outcome=\"failed\"}") == Some(3.0) {
+        // The gauges are set every 200 ms, so wait for them as well.
+        if sample(&text, "hookd_delivery_outcomes_total{outcome=\"failed\"}") == Some(3.0)
+            && sample(&text, "hookd_in_flight_requests") == Some(2.0)
+        {
             break text;
         }
         assert!(
@@ -79,6 +88,18 @@ async fn metrics_count_messages_and_outcomes() {
     );
     assert!(
         sample(&text, "hookd_store_commit_duration_seconds_count").is_some_and(|n| n > 0.0),
+        "{text}"
+    );
+    // The third message to the hanging endpoint is queued. The failing
+    // endpoint's open breaker may also hold a finished retry that an
+    // overlapping retry scan queued again, which its attempt then skips.
+    assert!(
+        sample(&text, "hookd_queued_deliveries").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "hookd_attempts_recording"),
+        Some(0.0),
         "{text}"
     );
     assert!(

@@ -773,6 +773,7 @@ impl Scheduler {
         let backlogged = self.queues.values().filter(|q| q.backlogged).count();
         metrics::gauge!(metric::QUEUED).set(queued as f64);
         metrics::gauge!(metric::IN_FLIGHT).set(self.in_flight as f64);
+        metrics::gauge!(metric::RECORDING).set(self.recording as f64);
         metrics::gauge!(metric::BACKLOGGED_ENDPOINTS).set(backlogged as f64);
 
         if self.health.len() > MAX_HEALTH_ENTRIES {
