@@ -58,32 +58,40 @@ impl TestDatabase {
     }
 
     /// Makes the database reject new connections and ends the open ones,
-    /// then waits until the server has no session left on it.
+    /// then waits until the server has no session left on it. A connection
+    /// that was starting while the database changed can still open, so each
+    /// round ends the sessions it finds again.
     pub fn refuse_connections(&self) {
         let name = &self.name;
         with_admin(|client| {
             client
-                .batch_execute(&format!(
-                    "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
-                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE datname = '{name}' AND pid <> pg_backend_pid();"
-                ))
-                .unwrap_or_else(|err| panic!("cut off {name}: {err:?}"));
+                .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                .unwrap_or_else(|err| panic!("refuse connections to {name}: {err:?}"));
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let sessions: i64 = client
-                    .query_one(
-                        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1",
+                client
+                    .batch_execute(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                    ))
+                    .unwrap_or_else(|err| panic!("end the sessions on {name}: {err:?}"));
+                let sessions: Vec<String> = client
+                    .query(
+                        "SELECT format('pid %s, %s, application %s, state %s, query %s',
+                                pid, backend_type, application_name, state, query)
+                         FROM pg_stat_activity WHERE datname = $1",
                         &[name],
                     )
-                    .expect("count the sessions")
-                    .get(0);
-                if sessions == 0 {
+                    .expect("list the sessions")
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                if sessions.is_empty() {
                     return;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "{sessions} sessions on {name} remain 10 s after pg_terminate_backend"
+                    "sessions on {name} remain 10 s after pg_terminate_backend: {sessions:#?}"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
