@@ -136,7 +136,7 @@ pub fn load_for_send(conn: &Conn, id: i64) -> Result<Option<SendContext>> {
 }
 
 /// Loads a delivery, and its message and endpoint from `cache` when it
-/// holds them or else from the store, keeping what it read in `cache`.
+/// contains them or else from the store, keeping what it read in `cache`.
 pub(super) fn load_for_send_cached(
     conn: &Conn,
     id: i64,

@@ -273,7 +273,7 @@ struct Inner {
     /// One permit per read that may run at once.
     read_permits: tokio::sync::Semaphore,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Endpoints and messages recent attempts read; SQLite only.
+    /// Endpoints and messages that recent attempts read, on SQLite only.
     send_cache: Option<Arc<SendCache>>,
 }
 
