@@ -443,7 +443,7 @@ async fn retry_after_delays_next_attempt() {
     // hookd schedules retries on the wall clock (they survive restarts) in
     // whole milliseconds, while the receiver stamps requests on the monotonic
     // clock. A CI run saw the gap 6 ms short of 2 s, so the bound leaves 50 ms
-    // for clock adjustments; the 200 ms schedule alone would come far sooner.
+    // for clock adjustments. The 200 ms schedule alone would come far sooner.
     assert!(
         gap >= Duration::from_millis(1950),
         "second attempt came {gap:?} after a 429 with Retry-After: 2"

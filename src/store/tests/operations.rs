@@ -969,9 +969,9 @@ pub(super) async fn deliveries_round_trip(backend: Backend) {
     assert!(missing.is_none());
 }
 
-/// What an attempt loads sees every committed change to its endpoint and
-/// its message, also after it loaded them before. On SQLite the two come
-/// from memory after the first load, so this covers emptying that cache.
+/// An attempt's load returns each committed change to its endpoint and its
+/// message, also after an earlier load. On SQLite the two come from memory
+/// after the first load, so this covers emptying that cache.
 pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
     let db = TestDb::new(backend);
     let store = db.open(None).unwrap();
