@@ -142,13 +142,18 @@ pub(super) fn load_for_send_cached(
     id: i64,
     cache: Option<&SendCache>,
 ) -> Result<Option<SendContext>> {
-    // Read before the rows, so that a row read from a snapshot older than a
-    // change committed meanwhile is not kept.
-    let seen = cache.map(SendCache::generation);
     let Some(delivery) = get(conn, id)? else {
         return Ok(None);
     };
-    let message = match cache.and_then(|cache| cache.message(&delivery.msg_id)) {
+    // The generation is read before the message and endpoint rows, so that
+    // a row read from a snapshot older than a change committed meanwhile is
+    // not kept.
+    let kept = cache.map(|cache| (cache, cache.lookup(&delivery.msg_id, &delivery.endpoint_id)));
+    let (seen, kept_message, kept_endpoint) = match kept {
+        Some((cache, found)) => (Some((cache, found.seen)), found.message, found.endpoint),
+        None => (None, None, None),
+    };
+    let message = match kept_message {
         Some(message) if message.app_id == delivery.app_id => message,
         _ => {
             let Some(message) = super::messages::get(conn, &delivery.app_id, &delivery.msg_id)?
@@ -156,17 +161,17 @@ pub(super) fn load_for_send_cached(
                 return Ok(None);
             };
             let message = Arc::new(message);
-            if let (Some(cache), Some(seen)) = (cache, seen) {
+            if let Some((cache, seen)) = seen {
                 cache.keep_message(seen, message.clone());
             }
             message
         }
     };
-    let endpoint = match cache.and_then(|cache| cache.endpoint(&delivery.endpoint_id)) {
+    let endpoint = match kept_endpoint {
         Some(endpoint) => Some(endpoint),
         None => {
             let endpoint = super::endpoints::get_by_id(conn, &delivery.endpoint_id)?.map(Arc::new);
-            if let (Some(cache), Some(seen), Some(endpoint)) = (cache, seen, &endpoint) {
+            if let (Some((cache, seen)), Some(endpoint)) = (seen, &endpoint) {
                 cache.keep_endpoint(seen, endpoint.clone());
             }
             endpoint

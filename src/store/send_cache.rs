@@ -45,6 +45,13 @@ struct State {
     payload_bytes: usize,
 }
 
+/// What `SendCache::lookup` found.
+pub struct Lookup {
+    pub seen: Generation,
+    pub message: Option<Arc<Message>>,
+    pub endpoint: Option<Arc<Endpoint>>,
+}
+
 /// The cache's generation, read before a row is read from the store. The
 /// row is kept only if no change was committed in between, so a row read
 /// from a snapshot older than a change never outlives that change.
@@ -94,12 +101,16 @@ impl SendCache {
         Generation(self.state().generation)
     }
 
-    pub fn endpoint(&self, id: &str) -> Option<Arc<Endpoint>> {
-        self.state().endpoints.get(id).cloned()
-    }
-
-    pub fn message(&self, id: &str) -> Option<Arc<Message>> {
-        self.state().messages.get(id).cloned()
+    /// Returns the kept message and endpoint, if any, with the generation to
+    /// pass to `keep_message` and `keep_endpoint` for rows read after this
+    /// call.
+    pub fn lookup(&self, msg_id: &str, endpoint_id: &str) -> Lookup {
+        let state = self.state();
+        Lookup {
+            seen: Generation(state.generation),
+            message: state.messages.get(msg_id).cloned(),
+            endpoint: state.endpoints.get(endpoint_id).cloned(),
+        }
     }
 
     /// Keeps an endpoint read after `seen`, unless a change came in between.
@@ -173,7 +184,7 @@ mod tests {
         .unwrap();
         cache.after_commit();
         cache.keep_message(seen, message("msg_1", 1));
-        assert!(cache.message("msg_1").is_some());
+        assert!(cache.lookup("msg_1", "").message.is_some());
 
         // A change to a message empties the cache, and a row read from a
         // snapshot before that change is not kept afterwards.
@@ -181,9 +192,9 @@ mod tests {
         conn.execute("UPDATE messages SET payload = NULL WHERE id = 'msg_2'", [])
             .unwrap();
         cache.after_commit();
-        assert!(cache.message("msg_1").is_none());
+        assert!(cache.lookup("msg_1", "").message.is_none());
         cache.keep_message(seen, message("msg_2", 1));
-        assert!(cache.message("msg_2").is_none());
+        assert!(cache.lookup("msg_2", "").message.is_none());
     }
 
     #[test]
@@ -191,7 +202,7 @@ mod tests {
         let cache = SendCache::new();
         let seen = cache.generation();
         cache.keep_message(seen, message("msg_large", MAX_KEPT_PAYLOAD + 1));
-        assert!(cache.message("msg_large").is_none());
+        assert!(cache.lookup("msg_large", "").message.is_none());
 
         let size = MAX_KEPT_PAYLOAD;
         let fit = MAX_PAYLOAD_BYTES / size;
@@ -199,11 +210,11 @@ mod tests {
             cache.keep_message(seen, message(&format!("msg_{i}"), size));
         }
         assert_eq!(cache.state().payload_bytes, fit * size);
-        assert!(cache.message("msg_0").is_some());
+        assert!(cache.lookup("msg_0", "").message.is_some());
         // One more does not fit: the map starts over with it alone.
         cache.keep_message(seen, message("msg_next", size));
         assert_eq!(cache.state().messages.len(), 1);
         assert_eq!(cache.state().payload_bytes, size);
-        assert!(cache.message("msg_next").is_some());
+        assert!(cache.lookup("msg_next", "").message.is_some());
     }
 }

@@ -1009,11 +1009,9 @@ pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
     assert_eq!(loaded.endpoint.as_deref(), Some(&first));
     load(to_second).await;
     if let Some(cache) = &store.inner.send_cache {
-        assert!(cache.endpoint(&first.id).is_some(), "the endpoint is kept");
-        assert!(
-            cache.message(&created.message.id).is_some(),
-            "the message is kept"
-        );
+        let kept = cache.lookup(&created.message.id, &first.id);
+        assert!(kept.endpoint.is_some(), "the endpoint is kept");
+        assert!(kept.message.is_some(), "the message is kept");
     }
     let again = load(to_first).await;
     assert_eq!(*again.message, created.message);
