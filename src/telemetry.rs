@@ -54,6 +54,9 @@ pub mod metric {
     pub const STORE_COMMIT_DURATION: &str = "hookd_store_commit_duration_seconds";
     /// Histogram: jobs per group commit.
     pub const STORE_COMMIT_JOBS: &str = "hookd_store_commit_jobs";
+    /// Counter: group commits rolled back and run again because a job failed
+    /// after changing rows.
+    pub const STORE_BATCH_RERUNS: &str = "hookd_store_batch_reruns_total";
     /// Counter, label `operation`: begin, commit, connect, record_attempt,
     /// refill, retry_scan, task_step, retention, lease, notify.
     pub const STORE_ERRORS: &str = "hookd_store_errors_total";

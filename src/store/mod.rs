@@ -3,10 +3,11 @@
 //!
 //! All writes of a process go through one writer thread that batches the
 //! jobs waiting in its queue into a single transaction (a group commit), so
-//! one commit covers many API calls. Each job runs inside its own savepoint:
-//! a job that fails is rolled back alone and the others in the batch still
-//! commit. A caller gets its result only after the commit that contains its
-//! job is durable.
+//! one commit covers many API calls. A job that fails is rolled back alone
+//! and the others in the batch still commit: jobs run without savepoints,
+//! and when one fails after changing rows, the batch rolls back and runs
+//! again with each job in its own savepoint. A caller gets its result only
+//! after the commit that contains its job is durable.
 //!
 //! Reads run on a small pool of connections: read-only ones for SQLite,
 //! which WAL mode lets proceed while the writer commits, and ordinary ones
@@ -253,8 +254,53 @@ pub fn redact_url(url: &str) -> String {
 /// Name of the SQLite file in the data folder.
 const SQLITE_FILE: &str = "hookd.sqlite3";
 
-type Reply = Box<dyn FnOnce(Result<(), Arc<String>>) + Send>;
-type Job = Box<dyn FnOnce(&Conn) -> Reply + Send>;
+/// How a group commit ended; the error's text is shared by its jobs.
+type Commit = std::result::Result<(), Arc<String>>;
+
+/// A job of the writer thread. Jobs run without a savepoint of their own,
+/// because each savepoint copies every page its job changes. When a job fails
+/// after changing rows, the batch rolls back and every job of it runs again,
+/// each in its own savepoint (see `run_batch`), so a job may run twice.
+trait Job: Send {
+    /// Runs the job in the open transaction and keeps its outcome; with
+    /// `guarded`, in its own savepoint. Returns whether it succeeded.
+    fn run(&mut self, conn: &Conn, guarded: bool) -> bool;
+
+    /// Hands the outcome to the caller, or the commit's error.
+    fn finish(self: Box<Self>, commit: Commit);
+}
+
+struct WriteJob<T, F> {
+    f: F,
+    outcome: Option<Result<T>>,
+    reply_to: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for WriteJob<T, F>
+where
+    T: Send,
+    F: Fn(&Conn) -> Result<T> + Send,
+{
+    fn run(&mut self, conn: &Conn, guarded: bool) -> bool {
+        let outcome = if guarded {
+            run_in_savepoint(conn, &self.f)
+        } else {
+            (self.f)(conn)
+        };
+        let succeeded = outcome.is_ok();
+        self.outcome = Some(outcome);
+        succeeded
+    }
+
+    fn finish(self: Box<Self>, commit: Commit) {
+        let result = match (commit, self.outcome) {
+            (Ok(()), Some(outcome)) => outcome,
+            // The commit's error is logged once by the writer.
+            _ => Err(StoreError::Unavailable),
+        };
+        let _ = self.reply_to.send(result);
+    }
+}
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -267,7 +313,7 @@ struct Inner {
     /// Seals and opens endpoint secrets; `None` stores them as plaintext.
     cipher: Option<Arc<encryption::Cipher>>,
     /// Queue of the writer thread; dropping the last sender stops the thread.
-    writer: Mutex<Option<std_mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std_mpsc::Sender<Box<dyn Job>>>>,
     /// Idle reading connections.
     readers: Mutex<Vec<Conn>>,
     /// One permit per read that may run at once.
@@ -391,7 +437,7 @@ impl Store {
             }
         })?;
 
-        let (sender, receiver) = std_mpsc::channel::<Job>();
+        let (sender, receiver) = std_mpsc::channel::<Box<dyn Job>>();
         let writer_database = database.clone();
         let writer_cipher = cipher.clone();
         let writer_cache = send_cache.clone();
@@ -424,22 +470,20 @@ impl Store {
 
     /// Runs `f` in the next group commit and returns its result once that
     /// commit is durable. When `f` fails, its changes are rolled back.
+    ///
+    /// `f` may run twice: when another job of the same commit fails after
+    /// changing rows, the commit starts over and runs every job again. So it
+    /// must have no effect outside the transaction.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+        F: Fn(&Conn) -> Result<T> + Send + 'static,
     {
         let (reply_to, reply) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |conn: &Conn| {
-            let outcome = run_in_savepoint(conn, f);
-            Box::new(move |commit: Result<(), Arc<String>>| {
-                let result = match commit {
-                    Ok(()) => outcome,
-                    // The commit's error is logged once by the writer.
-                    Err(_) => Err(StoreError::Unavailable),
-                };
-                let _ = reply_to.send(result);
-            })
+        let job: Box<dyn Job> = Box::new(WriteJob {
+            f,
+            outcome: None,
+            reply_to,
         });
         {
             let writer = self
@@ -497,7 +541,7 @@ impl Store {
         let cache = self.inner.send_cache.clone();
         let seen = cache.as_deref().map(SendCache::generation);
         let created = self
-            .write(move |conn| messages::create(conn, message))
+            .write(move |conn| messages::create(conn, message.clone()))
             .await?;
         if let (Some(cache), Some(seen)) = (cache, seen) {
             if created.is_new && !created.deliveries.is_empty() {
@@ -630,9 +674,11 @@ fn open_sqlite(path: &Path, read_only: bool) -> Result<Connection> {
         // Checkpoint every 4,000 pages (16 MB) of WAL instead of 1,000, so
         // the writer stops for checkpoints less often under load.
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
-        // Every job runs in a savepoint, and SQLite copies each page a job
-        // first changes into a sub-journal. In a temporary file, those copies
-        // took about a third of the writer's CPU time in `fanout`.
+        // A job that runs again after a failed batch runs in a savepoint, and
+        // a statement inserting several rows runs in a statement journal:
+        // SQLite copies each page they first change into a sub-journal. In a
+        // temporary file, those copies took about a third of the writer's CPU
+        // time in `fanout` when every job ran in a savepoint.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
     }
     // Page cache in KiB (negative means KiB): the writer touches the hot
@@ -645,7 +691,7 @@ fn open_sqlite(path: &Path, read_only: bool) -> Result<Connection> {
     Ok(conn)
 }
 
-fn run_in_savepoint<T>(conn: &Conn, f: impl FnOnce(&Conn) -> Result<T>) -> Result<T> {
+fn run_in_savepoint<T>(conn: &Conn, f: impl Fn(&Conn) -> Result<T>) -> Result<T> {
     // Cached statements: parsing these two for every job was a measurable
     // share of the SQLite writer's time.
     conn.execute("SAVEPOINT job", sql::params![])?;
@@ -663,6 +709,60 @@ fn run_in_savepoint<T>(conn: &Conn, f: impl FnOnce(&Conn) -> Result<T>) -> Resul
     outcome
 }
 
+/// Runs `first` and the jobs queued behind it in the transaction `begin`
+/// opened, and commits them.
+///
+/// A failed job leaves its changes behind unless it ran in a savepoint. On
+/// SQLite, a job that failed before any of its statements changed a row left
+/// nothing, since a failed statement undoes itself. Otherwise the batch rolls
+/// back and runs again with every job in its own savepoint.
+fn run_batch(
+    conn: &Conn,
+    begin: &str,
+    first: Box<dyn Job>,
+    queue: &std_mpsc::Receiver<Box<dyn Job>>,
+) -> (Vec<Box<dyn Job>>, Commit) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::new();
+    let mut guarded = false;
+    let mut next = Some(first);
+    while let Some(mut job) = next.take() {
+        let changes_before = conn.sqlite_total_changes();
+        let succeeded = job.run(conn, guarded);
+        batch.push(job);
+        if succeeded || guarded {
+            // A guarded job undid its own changes and cleared the caches.
+        } else if conn.failed_cleanly(changes_before) {
+            endpoints::clear_writer_caches();
+        } else {
+            guarded = true;
+            metrics::counter!(metric::STORE_BATCH_RERUNS).increment(1);
+            // The jobs may have cached rows that the rollback undoes.
+            endpoints::clear_writer_caches();
+            let _ = conn.execute_batch("ROLLBACK");
+            if let Err(err) = conn.execute_batch(begin) {
+                tracing::error!(error = %err, jobs = batch.len(), "cannot begin a transaction to run a batch again; its writes are rejected");
+                metrics::counter!(metric::STORE_ERRORS, "operation" => "begin").increment(1);
+                return (batch, Err(Arc::new(err.to_string())));
+            }
+            for job in &mut batch {
+                job.run(conn, true);
+            }
+        }
+        if batch.len() < MAX_BATCH_JOBS {
+            next = queue.try_recv().ok();
+        }
+    }
+
+    let commit = conn.execute_batch("COMMIT").map_err(|err| {
+        tracing::error!(error = %err, jobs = batch.len(), "commit failed; the batch is rolled back");
+        let _ = conn.execute_batch("ROLLBACK");
+        endpoints::clear_writer_caches();
+        metrics::counter!(metric::STORE_ERRORS, "operation" => "commit").increment(1);
+        Arc::new(err.to_string())
+    });
+    (batch, commit)
+}
+
 /// Minimum time between two attempts of the writer to reconnect to PostgreSQL.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -674,7 +774,7 @@ fn run_writer(
     database: Database,
     cipher: Option<Arc<encryption::Cipher>>,
     send_cache: Option<Arc<SendCache>>,
-    jobs: std_mpsc::Receiver<Job>,
+    jobs: std_mpsc::Receiver<Box<dyn Job>>,
 ) {
     let begin = begin_statement(database.dialect());
     let mut last_reconnect: Option<Instant> = None;
@@ -700,8 +800,6 @@ fn run_writer(
         }
 
         let started = Instant::now();
-        let mut replies: Vec<Reply> = Vec::new();
-
         let mut began = conn.execute_batch(begin);
         if began.is_err() && conn.is_broken() {
             // The server dropped an idle connection, which the client learns
@@ -720,35 +818,21 @@ fn run_writer(
             drop(first);
             continue;
         }
-        replies.push(first(&conn));
-        while replies.len() < MAX_BATCH_JOBS {
-            match jobs.try_recv() {
-                Ok(job) => replies.push(job(&conn)),
-                Err(_) => break,
-            }
-        }
-
-        let commit = conn.execute_batch("COMMIT").map_err(|err| {
-            tracing::error!(error = %err, jobs = replies.len(), "commit failed; the batch is rolled back");
-            let _ = conn.execute_batch("ROLLBACK");
-            endpoints::clear_writer_caches();
-            metrics::counter!(metric::STORE_ERRORS, "operation" => "commit").increment(1);
-            Arc::new(err.to_string())
-        });
+        let (batch, commit) = run_batch(&conn, begin, first, &jobs);
         // Before any caller hears of the commit, so that no attempt it
         // causes can use an endpoint or message as it was before.
         if let Some(cache) = &send_cache {
             cache.after_commit();
         }
         metrics::histogram!(metric::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(metric::STORE_COMMIT_JOBS).record(replies.len() as f64);
+        metrics::histogram!(metric::STORE_COMMIT_JOBS).record(batch.len() as f64);
         tracing::trace!(
-            jobs = replies.len(),
+            jobs = batch.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "group commit"
         );
-        for reply in replies {
-            reply(commit.clone());
+        for job in batch {
+            job.finish(commit.clone());
         }
     }
     tracing::debug!("store writer stopped");

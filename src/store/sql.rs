@@ -431,6 +431,29 @@ impl Conn {
 
     /// Returns a FROM item over the elements of the JSON array in `expr`,
     /// named `alias`, whose text is in the column `alias.value`.
+    /// Rows changed by the statements this SQLite connection completed so
+    /// far; `None` on PostgreSQL.
+    pub(crate) fn sqlite_total_changes(&self) -> Option<u64> {
+        match &self.inner {
+            ConnInner::Sqlite(conn) => Some(conn.total_changes()),
+            ConnInner::Postgres(_) => None,
+        }
+    }
+
+    /// Returns whether a job that failed after `sqlite_total_changes` returned
+    /// `changes_before` left the transaction as it found it: on SQLite, when
+    /// no statement of the job changed a row and SQLite did not roll the
+    /// transaction back. On PostgreSQL a failed statement aborts the whole
+    /// transaction, so never.
+    pub(crate) fn failed_cleanly(&self, changes_before: Option<u64>) -> bool {
+        match &self.inner {
+            ConnInner::Sqlite(conn) => {
+                changes_before == Some(conn.total_changes()) && !conn.is_autocommit()
+            }
+            ConnInner::Postgres(_) => false,
+        }
+    }
+
     pub fn json_each(&self, expr: &str, alias: &str) -> String {
         match self.dialect() {
             Dialect::Sqlite => format!("json_each({expr}) AS {alias}"),

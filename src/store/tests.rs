@@ -133,7 +133,7 @@ macro_rules! conformance {
 async fn write_ok<T, F>(store: &Store, f: F) -> T
 where
     T: Send + 'static,
-    F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+    F: Fn(&Conn) -> Result<T> + Send + 'static,
 {
     store.write(f).await.expect("the write job succeeds")
 }
@@ -166,7 +166,7 @@ where
 async fn assert_conflict<T, F>(store: &Store, field: &str, f: F)
 where
     T: Send + std::fmt::Debug + 'static,
-    F: FnOnce(&Conn) -> Result<T> + Send + 'static,
+    F: Fn(&Conn) -> Result<T> + Send + 'static,
 {
     let err = store.write(f).await.expect_err("the write conflicts");
     assert!(
@@ -328,6 +328,131 @@ async fn failed_job_rolls_back_alone_in_a_batch(backend: Backend) {
             .unwrap();
         assert_eq!(value.is_some(), n % 2 == 0, "key{n}");
     }
+}
+
+/// A write whose job the writer has queued, to be awaited later.
+type QueuedWrite = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// Polls `write` once, which queues its job, and returns it.
+fn queue(write: impl std::future::Future<Output = Result<()>> + Send + 'static) -> QueuedWrite {
+    let mut write: QueuedWrite = Box::pin(write);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(write.as_mut().poll(&mut cx).is_pending());
+    write
+}
+
+/// Runs `jobs` in one batch behind a first job that sets `first` and holds
+/// the writer until all of them are queued. Returns each job's result and
+/// how often the first job ran.
+async fn run_in_one_batch(
+    store: &Store,
+    jobs: Vec<fn(&Conn) -> Result<()>>,
+) -> (Vec<Result<()>>, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let counted = runs.clone();
+    let writer = store.clone();
+    let first = queue(async move {
+        writer
+            .write(move |conn| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                // Returns at once when it runs again: `release` is gone by then.
+                let _ = hold.recv_timeout(Duration::from_secs(10));
+                settings::put(conn, "first", "kept")
+            })
+            .await
+    });
+    let queued: Vec<QueuedWrite> = jobs
+        .into_iter()
+        .map(|job| {
+            let writer = store.clone();
+            queue(async move { writer.write(job).await })
+        })
+        .collect();
+    drop(release);
+    first.await.expect("the first job succeeds");
+    let mut results = Vec::new();
+    for write in queued {
+        results.push(write.await);
+    }
+    (results, runs.load(Ordering::SeqCst))
+}
+
+async fn setting(store: &Store, key: &'static str) -> Option<String> {
+    read_ok(store, move |conn| settings::get(conn, key)).await
+}
+
+/// Checks that jobs that fail without changing a row leave the rest of
+/// their batch to commit as it ran, on SQLite, where a failed statement
+/// undoes itself. PostgreSQL aborts the transaction, so its batch runs again.
+async fn failure_without_changes_keeps_the_batch(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
+    let (results, first_runs) = run_in_one_batch(
+        &store,
+        vec![
+            |_conn| Err(StoreError::Conflict("refused".to_owned())),
+            // The second row repeats the first job's key, so the statement
+            // fails after inserting its first row.
+            |conn| {
+                conn.execute(
+                    "INSERT INTO settings (key, value) VALUES ('partial', 'x'), ('first', 'y')",
+                    sql::params![],
+                )?;
+                Ok(())
+            },
+            |conn| settings::put(conn, "after", "kept"),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(results[0], Err(StoreError::Conflict(_))),
+        "{:?}",
+        results[0]
+    );
+    assert!(results[1].is_err(), "the duplicate key fails");
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    let expected_runs = match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 2,
+    };
+    assert_eq!(first_runs, expected_runs);
+    assert_eq!(setting(&store, "first").await.as_deref(), Some("kept"));
+    assert_eq!(setting(&store, "partial").await, None);
+    assert_eq!(setting(&store, "after").await.as_deref(), Some("kept"));
+}
+
+/// Checks that a job that fails after changing a row makes its batch roll
+/// back and run again, each job in its own savepoint: the other jobs' changes commit once
+/// and the failed job's are gone.
+async fn failure_after_changes_runs_the_batch_again(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
+    let (results, first_runs) = run_in_one_batch(
+        &store,
+        vec![
+            |conn| settings::put(conn, "before", "kept"),
+            |conn| {
+                settings::put(conn, "failed", "written")?;
+                Err(StoreError::Conflict("after a change".to_owned()))
+            },
+            |conn| settings::put(conn, "after", "kept"),
+        ],
+    )
+    .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(StoreError::Conflict(_))),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert_eq!(first_runs, 2, "the batch ran again");
+    for key in ["first", "before", "after"] {
+        assert_eq!(setting(&store, key).await.as_deref(), Some("kept"), "{key}");
+    }
+    assert_eq!(setting(&store, "failed").await, None);
 }
 
 async fn writes_survive_reopen(backend: Backend) {
@@ -1040,6 +1165,8 @@ conformance!(
     fan_out_matches_event_type_filters,
     repeated_event_id_creates_nothing,
     failed_job_rolls_back_alone_in_a_batch,
+    failure_without_changes_keeps_the_batch,
+    failure_after_changes_runs_the_batch_again,
     writes_survive_reopen,
     recover_takes_only_failed_messages_once,
     replayed_page_is_applied_once,

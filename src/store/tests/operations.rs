@@ -44,7 +44,7 @@ async fn save_endpoints(store: &Store, endpoints: Vec<Endpoint>) -> Vec<Endpoint
 
 /// Stores a message and returns it with the deliveries fan-out made.
 async fn create_message(store: &Store, message: Message) -> messages::Created {
-    write_ok(store, move |conn| messages::create(conn, message)).await
+    write_ok(store, move |conn| messages::create(conn, message.clone())).await
 }
 
 /// Checks that exactly one delivery was created and returns its message.

@@ -60,7 +60,7 @@ pub(crate) fn reconnect(database_name: &str) {
     ));
 }
 
-fn new_message(created_at: i64) -> impl FnOnce(&Conn) -> Result<messages::Created> {
+fn new_message(created_at: i64) -> impl Fn(&Conn) -> Result<messages::Created> {
     move |conn| messages::create(conn, message("app_1", "a", None, created_at))
 }
 

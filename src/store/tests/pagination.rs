@@ -134,7 +134,7 @@ pub(super) async fn messages_page_with_filters(backend: Backend) {
             _ => None,
         };
         ids.push(msg.id.clone());
-        write_ok(&store, move |conn| messages::create(conn, msg)).await;
+        write_ok(&store, move |conn| messages::create(conn, msg.clone())).await;
         write_ok(&store, move |conn| {
             messages::create(conn, message("app_2", "a", None, 1_000 + i))
         })
