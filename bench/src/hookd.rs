@@ -249,9 +249,18 @@ impl ProcSample {
     }
 }
 
-/// CPU seconds that the whole machine spent busy (all but idle and iowait)
-/// since boot, from the `cpu` line of `/proc/stat`.
-pub fn machine_busy_seconds() -> anyhow::Result<f64> {
+/// CPU seconds of the whole machine since boot, from the `cpu` line of
+/// `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineCpu {
+    /// Busy in this machine: everything but idle, iowait and steal.
+    pub busy: f64,
+    /// Taken by the hypervisor for other guests while this machine had
+    /// work to run.
+    pub steal: f64,
+}
+
+pub fn machine_cpu_seconds() -> anyhow::Result<MachineCpu> {
     let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
     let line = stat
         .lines()
@@ -264,13 +273,14 @@ pub fn machine_busy_seconds() -> anyhow::Result<f64> {
         .collect();
     // Fields: user nice system idle iowait irq softirq steal guest guest_nice;
     // guest time is already counted in user and nice.
-    let busy: u64 = ticks
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| matches!(index, 0 | 1 | 2 | 5 | 6 | 7))
-        .map(|(_, value)| value)
-        .sum();
-    Ok(busy as f64 / clock_ticks_per_second())
+    let sum = |fields: &[usize]| -> f64 {
+        let total: u64 = fields.iter().filter_map(|index| ticks.get(*index)).sum();
+        total as f64 / clock_ticks_per_second()
+    };
+    Ok(MachineCpu {
+        busy: sum(&[0, 1, 2, 5, 6]),
+        steal: sum(&[7]),
+    })
 }
 
 /// Clock ticks per second of `utime` and `stime` in `/proc/PID/stat`.

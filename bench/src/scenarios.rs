@@ -353,8 +353,9 @@ pub async fn run_deliveries(run: &RunSettings, layout: Layout) -> anyhow::Result
         notes.push(cluster_notes(held, &before, &after));
     }
     notes.push(format!(
-        "rest of the machine {:.0}% of 1 core",
-        100.0 * cpu.rest_of_machine / run.duration.as_secs_f64()
+        "rest of the machine {:.0}% of 1 core, steal {:.0}%",
+        100.0 * cpu.rest_of_machine / run.duration.as_secs_f64(),
+        100.0 * cpu.steal / run.duration.as_secs_f64()
     ));
     let log_megabytes: f64 = log_paths
         .iter()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::api::ApiTarget;
 use crate::clock;
-use crate::hookd::{machine_busy_seconds, ProcSample};
+use crate::hookd::{machine_cpu_seconds, MachineCpu, ProcSample};
 use crate::metrics::Scrape;
 use crate::postgres;
 use crate::report::Window;
@@ -17,7 +17,7 @@ pub struct EdgeSample {
     pub hookd: Vec<ProcSample>,
     pub harness: ProcSample,
     /// CPU seconds of the whole machine since boot.
-    pub machine_busy: f64,
+    pub machine: MachineCpu,
     /// One scrape per hookd node, in node order.
     pub metrics: Vec<Scrape>,
     /// Present on cluster runs.
@@ -41,9 +41,12 @@ pub struct WindowCpu {
     pub harness: f64,
     /// Every `postgres` process; `None` on SQLite runs.
     pub postgres: Option<f64>,
-    /// Everything else: other processes and steal time. A measure of
-    /// interference.
+    /// Everything else in this machine: other processes and the kernel's
+    /// own work. A measure of interference.
     pub rest_of_machine: f64,
+    /// Taken by the hypervisor for other guests: another measure of
+    /// interference, which the processes' own CPU times do not show.
+    pub steal: f64,
 }
 
 impl WindowCpu {
@@ -62,12 +65,13 @@ impl WindowCpu {
             )),
             _ => None,
         };
-        let machine = after.machine_busy - before.machine_busy;
+        let busy = after.machine.busy - before.machine.busy;
         Self {
             hookd,
             harness,
             postgres,
-            rest_of_machine: machine - hookd - harness - postgres.unwrap_or(0.0),
+            rest_of_machine: busy - hookd - harness - postgres.unwrap_or(0.0),
+            steal: after.machine.steal - before.machine.steal,
         }
     }
 }
@@ -99,7 +103,7 @@ pub fn spawn_sampler(
                 hookd.push(ProcSample::read(*pid)?);
             }
             let harness = ProcSample::read(std::process::id())?;
-            let machine_busy = machine_busy_seconds()?;
+            let machine = machine_cpu_seconds()?;
             let postgres = match &client {
                 Some(client) => Some(PostgresSample {
                     cpu_by_pid: postgres::postgres_cpu_by_pid()?,
@@ -120,7 +124,7 @@ pub fn spawn_sampler(
             anyhow::Ok(EdgeSample {
                 hookd,
                 harness,
-                machine_busy,
+                machine,
                 metrics,
                 postgres,
             })
@@ -140,7 +144,7 @@ mod tests {
     fn edge(
         hookd: &[f64],
         harness: f64,
-        machine: f64,
+        machine: (f64, f64),
         postgres: Option<&[(u32, f64)]>,
     ) -> EdgeSample {
         let process = |cpu_seconds: f64| ProcSample {
@@ -150,7 +154,10 @@ mod tests {
         EdgeSample {
             hookd: hookd.iter().map(|s| process(*s)).collect(),
             harness: process(harness),
-            machine_busy: machine,
+            machine: MachineCpu {
+                busy: machine.0,
+                steal: machine.1,
+            },
             metrics: Vec::new(),
             postgres: postgres.map(|pids| PostgresSample {
                 cpu_by_pid: pids.iter().copied().collect(),
@@ -161,11 +168,11 @@ mod tests {
 
     #[test]
     fn window_cpu_sums_nodes_and_postgres() {
-        let before = edge(&[1.0, 2.0, 3.0], 1.0, 100.0, Some(&[(7, 10.0)]));
+        let before = edge(&[1.0, 2.0, 3.0], 1.0, (100.0, 4.0), Some(&[(7, 10.0)]));
         let after = edge(
             &[11.0, 12.0, 13.0],
             3.0,
-            150.0,
+            (150.0, 6.5),
             Some(&[(7, 14.0), (8, 1.0)]),
         );
         let cpu = WindowCpu::between(&before, &after);
@@ -173,12 +180,13 @@ mod tests {
         assert_eq!(cpu.harness, 2.0);
         assert_eq!(cpu.postgres, Some(5.0));
         assert_eq!(cpu.rest_of_machine, 13.0);
+        assert_eq!(cpu.steal, 2.5);
     }
 
     #[test]
     fn window_cpu_without_postgres_matches_one_node() {
-        let before = edge(&[5.0], 1.0, 100.0, None);
-        let after = edge(&[45.0], 6.0, 150.0, None);
+        let before = edge(&[5.0], 1.0, (100.0, 0.0), None);
+        let after = edge(&[45.0], 6.0, (150.0, 0.0), None);
         let cpu = WindowCpu::between(&before, &after);
         assert_eq!(cpu.hookd, 40.0);
         assert_eq!(cpu.postgres, None);
@@ -187,14 +195,17 @@ mod tests {
 
     #[test]
     fn other_transactions_needs_both_edges() {
-        let before = edge(&[0.0], 0.0, 0.0, Some(&[]));
-        let mut after = edge(&[0.0], 0.0, 0.0, Some(&[]));
+        let before = edge(&[0.0], 0.0, (0.0, 0.0), Some(&[]));
+        let mut after = edge(&[0.0], 0.0, (0.0, 0.0), Some(&[]));
         after.postgres.as_mut().unwrap().other_transactions = Some(160);
         assert_eq!(other_transactions(&before, &after), Some(60));
         after.postgres.as_mut().unwrap().other_transactions = None;
         assert_eq!(other_transactions(&before, &after), None);
         assert_eq!(
-            other_transactions(&edge(&[0.0], 0.0, 0.0, None), &edge(&[0.0], 0.0, 0.0, None)),
+            other_transactions(
+                &edge(&[0.0], 0.0, (0.0, 0.0), None),
+                &edge(&[0.0], 0.0, (0.0, 0.0), None)
+            ),
             None
         );
     }
