@@ -1,6 +1,7 @@
 //! `/api/v1/app`: applications.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -103,11 +104,11 @@ pub fn check(input: &ApplicationIn) -> ApiResult<()> {
 
 /// Loads an application by id or uid, or returns 404.
 pub async fn load(state: &AppState, app_id: &str) -> ApiResult<Application> {
-    let key = app_id.to_owned();
     state
         .store
-        .read(move |conn| store::get(conn, &key))
+        .application(app_id)
         .await?
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| ApiError::not_found("application"))
 }
 

@@ -559,6 +559,33 @@ impl Store {
             .await
     }
 
+    /// Finds an application by id or uid, as [`applications::get`] does. On
+    /// SQLite the application usually comes from memory.
+    pub async fn application(
+        &self,
+        id_or_uid: &str,
+    ) -> Result<Option<Arc<crate::model::Application>>> {
+        let key = id_or_uid.to_owned();
+        let Some(cache) = self.inner.send_cache.clone() else {
+            return Ok(self
+                .read(move |conn| applications::get(conn, &key))
+                .await?
+                .map(Arc::new));
+        };
+        let (seen, kept) = cache.application(&key);
+        if kept.is_some() {
+            return Ok(kept);
+        }
+        let found = self
+            .read(move |conn| applications::get(conn, &key))
+            .await?
+            .map(Arc::new);
+        if let Some(app) = &found {
+            cache.keep_application(seen, id_or_uid, app.clone());
+        }
+        Ok(found)
+    }
+
     /// Runs `f` on a reading connection on the blocking thread pool, for
     /// scans that may take long enough to stall other tasks.
     pub async fn read_blocking<T, F>(&self, f: F) -> Result<T>

@@ -1,14 +1,17 @@
-//! Endpoints and messages kept in memory for the attempts that read them.
+//! Endpoints and messages kept in memory for the attempts that read them,
+//! and applications for the API calls that name them.
 //!
 //! Every attempt needs its delivery, its message and its endpoint. The
 //! delivery row changes with each attempt, but a message changes only when
 //! its payload is expunged, and an endpoint only when it is edited, disabled
 //! or deleted. Fan-out reads each message once per endpoint and each endpoint
 //! once per message, so keeping both in memory leaves one read per attempt.
+//! Every message sent through the API looks up its application, which
+//! changes even less often.
 //!
 //! SQLite only: there the store's writer thread makes every change. An update
-//! hook on its connection notes each row it updates or deletes in either
-//! table, and after the commit, before any caller hears of it, the writer
+//! hook on its connection notes each row it updates or deletes in those
+//! tables, and after the commit, before any caller hears of it, the writer
 //! empties the cache. On PostgreSQL other nodes change rows too, so attempts
 //! read all three rows.
 
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::hooks::Action;
 
-use crate::model::{Endpoint, Message};
+use crate::model::{Application, Endpoint, Message};
 
 /// Maximum entries of each kind. A full map is emptied and starts over.
 const MAX_ENTRIES: usize = 1024;
@@ -42,10 +45,12 @@ struct State {
     generation: u64,
     endpoints: HashMap<String, Arc<Endpoint>>,
     messages: HashMap<String, Arc<Message>>,
+    /// By the id or uid the caller looked the application up with.
+    applications: HashMap<String, Arc<Application>>,
     payload_bytes: usize,
 }
 
-/// What `SendCache::lookup` found.
+/// The result of `SendCache::lookup`.
 pub struct Lookup {
     pub seen: Generation,
     pub message: Option<Arc<Message>>,
@@ -78,7 +83,9 @@ impl SendCache {
         conn.update_hook(Some(
             move |action: Action, _database: &str, table: &str, _rowid: i64| {
                 // Inserts make new rows, which no reader has kept yet.
-                if action != Action::SQLITE_INSERT && matches!(table, "endpoints" | "messages") {
+                if action != Action::SQLITE_INSERT
+                    && matches!(table, "endpoints" | "messages" | "applications")
+                {
                     changed.store(true, Ordering::Release);
                 }
             },
@@ -93,6 +100,7 @@ impl SendCache {
             state.generation += 1;
             state.endpoints.clear();
             state.messages.clear();
+            state.applications.clear();
             state.payload_bytes = 0;
         }
     }
@@ -111,6 +119,30 @@ impl SendCache {
             message: state.messages.get(msg_id).cloned(),
             endpoint: state.endpoints.get(endpoint_id).cloned(),
         }
+    }
+
+    /// Returns the application kept for `id_or_uid`, with the generation to
+    /// pass to `keep_application` when it has to be read.
+    pub fn application(&self, id_or_uid: &str) -> (Generation, Option<Arc<Application>>) {
+        let state = self.state();
+        (
+            Generation(state.generation),
+            state.applications.get(id_or_uid).cloned(),
+        )
+    }
+
+    /// Keeps the application found for `id_or_uid` after `seen`, unless a
+    /// change came in between. A new application cannot change what an
+    /// earlier lookup found: ids are generated and uids are unique.
+    pub fn keep_application(&self, seen: Generation, id_or_uid: &str, app: Arc<Application>) {
+        let mut state = self.state();
+        if state.generation != seen.0 {
+            return;
+        }
+        if state.applications.len() >= MAX_ENTRIES {
+            state.applications.clear();
+        }
+        state.applications.insert(id_or_uid.to_owned(), app);
     }
 
     /// Keeps an endpoint read after `seen`, unless a change came in between.

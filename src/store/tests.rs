@@ -1191,6 +1191,7 @@ conformance!(
     repeated_event_id_returns_first_message,
     deliveries_round_trip,
     attempt_reads_follow_changes,
+    application_lookups_follow_changes,
     attempts_round_trip,
     app_tokens_round_trip,
     dead_letters_round_trip,

@@ -969,6 +969,44 @@ pub(super) async fn deliveries_round_trip(backend: Backend) {
     assert!(missing.is_none());
 }
 
+/// An application lookup returns each committed change, also after an
+/// earlier lookup. On SQLite applications come from memory after the first
+/// lookup, so this covers emptying that cache.
+pub(super) async fn application_lookups_follow_changes(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
+    let shop = application(Some("shop"), "Shop");
+    let saved = shop.clone();
+    write_ok(&store, move |conn| applications::insert(conn, &saved)).await;
+    for key in [shop.id.as_str(), "shop"] {
+        let found = store.application(key).await.unwrap();
+        assert_eq!(found.as_deref(), Some(&shop), "{key}");
+    }
+    if let Some(cache) = &store.inner.send_cache {
+        assert!(
+            cache.application("shop").1.is_some(),
+            "the application is kept"
+        );
+    }
+
+    let mut renamed = shop.clone();
+    renamed.uid = Some("store".to_owned());
+    renamed.name = "Store".to_owned();
+    let saved = renamed.clone();
+    write_ok(&store, move |conn| applications::update(conn, &saved)).await;
+    assert_eq!(store.application("shop").await.unwrap(), None);
+    for key in [shop.id.as_str(), "store"] {
+        let found = store.application(key).await.unwrap();
+        assert_eq!(found.as_deref(), Some(&renamed), "{key}");
+    }
+
+    let id = shop.id.clone();
+    assert!(write_ok(&store, move |conn| applications::delete(conn, &id)).await);
+    for key in [shop.id.as_str(), "store"] {
+        assert_eq!(store.application(key).await.unwrap(), None, "{key}");
+    }
+}
+
 /// An attempt's load returns each committed change to its endpoint and its
 /// message, also after an earlier load. On SQLite the two come from memory
 /// after the first load, so this covers emptying that cache.
