@@ -4,10 +4,10 @@
 //! All writes of a process go through one writer thread that batches the
 //! jobs waiting in its queue into a single transaction (a group commit), so
 //! one commit covers many API calls. A job that fails is rolled back alone
-//! and the others in the batch still commit: jobs run without savepoints,
-//! and when one fails after changing rows, the batch rolls back and runs
-//! again with each job in its own savepoint. A caller gets its result only
-//! after the commit that contains its job is durable.
+//! and the others in the batch still commit. Jobs run without savepoints.
+//! When one fails after changing rows, the batch rolls back and runs again
+//! with each job in its own savepoint. A caller gets its result only after
+//! the commit that contains its job is durable.
 //!
 //! Reads run on a small pool of connections: read-only ones for SQLite,
 //! which WAL mode lets proceed while the writer commits, and ordinary ones
@@ -254,7 +254,7 @@ pub fn redact_url(url: &str) -> String {
 /// Name of the SQLite file in the data folder.
 const SQLITE_FILE: &str = "hookd.sqlite3";
 
-/// How a group commit ended; the error's text is shared by its jobs.
+/// The outcome of a group commit, with the error's text shared by its jobs.
 type Commit = std::result::Result<(), Arc<String>>;
 
 /// A job of the writer thread. Jobs run without a savepoint of their own,
@@ -565,22 +565,18 @@ impl Store {
         &self,
         id_or_uid: &str,
     ) -> Result<Option<Arc<crate::model::Application>>> {
-        let key = id_or_uid.to_owned();
-        let Some(cache) = self.inner.send_cache.clone() else {
-            return Ok(self
-                .read(move |conn| applications::get(conn, &key))
-                .await?
-                .map(Arc::new));
+        let cache = self.inner.send_cache.clone();
+        let seen = match cache.as_deref().map(|cache| cache.application(id_or_uid)) {
+            Some((_, Some(kept))) => return Ok(Some(kept)),
+            Some((seen, None)) => Some(seen),
+            None => None,
         };
-        let (seen, kept) = cache.application(&key);
-        if kept.is_some() {
-            return Ok(kept);
-        }
+        let key = id_or_uid.to_owned();
         let found = self
             .read(move |conn| applications::get(conn, &key))
             .await?
             .map(Arc::new);
-        if let Some(app) = &found {
+        if let (Some(cache), Some(seen), Some(app)) = (cache, seen, &found) {
             cache.keep_application(seen, id_or_uid, app.clone());
         }
         Ok(found)
@@ -756,11 +752,10 @@ fn run_batch(
         let changes_before = conn.sqlite_total_changes();
         let succeeded = job.run(conn, guarded);
         batch.push(job);
-        if succeeded || guarded {
-            // A guarded job undid its own changes and cleared the caches.
-        } else if conn.failed_cleanly(changes_before) {
+        // A guarded job that failed has already undone its own changes.
+        if !succeeded && !guarded && conn.failed_cleanly(changes_before) {
             endpoints::clear_writer_caches();
-        } else {
+        } else if !succeeded && !guarded {
             guarded = true;
             metrics::counter!(metric::STORE_BATCH_RERUNS).increment(1);
             // The jobs may have cached rows that the rollback undoes.

@@ -341,8 +341,8 @@ fn queue(write: impl std::future::Future<Output = Result<()>> + Send + 'static) 
     write
 }
 
-/// Runs `jobs` in one batch behind a first job that sets `first` and holds
-/// the writer until all of them are queued. Returns each job's result and
+/// Runs `jobs` in one batch behind a first job that sets `first` and keeps
+/// the writer busy until all of them are queued. Returns each job's result and
 /// how often the first job ran.
 async fn run_in_one_batch(
     store: &Store,
