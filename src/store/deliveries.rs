@@ -148,9 +148,11 @@ pub(super) fn load_for_send_cached(
     // The generation is read before the message and endpoint rows, so that
     // a row read from a snapshot older than a change committed meanwhile is
     // not kept.
-    let kept = cache.map(|cache| (cache, cache.lookup(&delivery.msg_id, &delivery.endpoint_id)));
-    let (seen, kept_message, kept_endpoint) = match kept {
-        Some((cache, found)) => (Some((cache, found.seen)), found.message, found.endpoint),
+    let (seen, kept_message, kept_endpoint) = match cache {
+        Some(cache) => {
+            let found = cache.lookup(&delivery.msg_id, &delivery.endpoint_id);
+            (Some((cache, found.seen)), found.message, found.endpoint)
+        }
         None => (None, None, None),
     };
     let message = match kept_message {

@@ -406,6 +406,7 @@ async fn failure_without_changes_keeps_the_batch(backend: Backend) {
         ],
     )
     .await;
+
     assert!(
         matches!(results[0], Err(StoreError::Conflict(_))),
         "{:?}",
@@ -441,6 +442,7 @@ async fn failure_after_changes_runs_the_batch_again(backend: Backend) {
         ],
     )
     .await;
+
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(
         matches!(results[1], Err(StoreError::Conflict(_))),
