@@ -164,7 +164,7 @@ pub(super) fn load_for_send_cached(
             };
             let message = Arc::new(message);
             if let Some((cache, seen)) = seen {
-                cache.keep_message(seen, message.clone());
+                cache.keep_message(seen, message.clone(), None);
             }
             message
         }

@@ -545,7 +545,8 @@ impl Store {
             .await?;
         if let (Some(cache), Some(seen)) = (cache, seen) {
             if created.is_new && !created.deliveries.is_empty() {
-                cache.keep_message(seen, Arc::new(created.message.clone()));
+                let reads = created.deliveries.len();
+                cache.keep_message(seen, Arc::new(created.message.clone()), Some(reads));
             }
         }
         Ok(created)

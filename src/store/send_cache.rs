@@ -9,6 +9,13 @@
 //! Every message sent through the API looks up its application, which
 //! changes even less often.
 //!
+//! A message is kept from its commit until each delivery it was created
+//! with has read it once, so the messages kept are those whose first attempts
+//! are still to come. When the budget is full, the message kept longest goes
+//! first: it is the one whose attempts are stuck behind a slow or closed
+//! endpoint, or, when all deliveries lag, the one due next, which costs one
+//! read from the store.
+//!
 //! SQLite only: there the store's writer thread makes every change. An update
 //! hook on its connection notes each row it updates or deletes in those
 //! tables, and after the commit, before any caller hears of it, the writer
@@ -19,15 +26,20 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hashlink::LinkedHashMap;
 use rusqlite::hooks::Action;
 
 use crate::model::{Application, Endpoint, Message};
 
-/// Maximum entries of each kind. A full map is emptied and starts over.
+/// Maximum endpoints and applications kept. A full map is emptied and
+/// starts over.
 const MAX_ENTRIES: usize = 1024;
 
+/// Maximum messages kept: about one second of attempts at 15,000 a second.
+const MAX_MESSAGES: usize = 16 * 1024;
+
 /// Maximum payload bytes of all messages kept.
-const MAX_PAYLOAD_BYTES: usize = 2 << 20;
+const MAX_PAYLOAD_BYTES: usize = 16 << 20;
 
 /// Messages with a larger payload are never kept, so one large message does
 /// not empty the map.
@@ -44,10 +56,29 @@ pub struct SendCache {
 struct State {
     generation: u64,
     endpoints: HashMap<String, Arc<Endpoint>>,
-    messages: HashMap<String, Arc<Message>>,
+    /// In the order they were kept.
+    messages: LinkedHashMap<String, KeptMessage>,
     /// By the id or uid the caller looked the application up with.
     applications: HashMap<String, Arc<Application>>,
     payload_bytes: usize,
+}
+
+struct KeptMessage {
+    message: Arc<Message>,
+    /// Lookups left before the entry leaves: the message's first attempts.
+    /// `None` for a message read back from the store, which stays until the
+    /// budget pushes it out.
+    reads_left: Option<usize>,
+}
+
+impl KeptMessage {
+    fn payload_bytes(&self) -> usize {
+        payload_bytes(&self.message)
+    }
+}
+
+fn payload_bytes(message: &Message) -> usize {
+    message.payload.as_ref().map_or(0, String::len)
 }
 
 /// The result of `SendCache::lookup`.
@@ -111,12 +142,23 @@ impl SendCache {
 
     /// Returns the kept message and endpoint, if any, with the generation to
     /// pass to `keep_message` and `keep_endpoint` for rows read after this
-    /// call.
+    /// call. Each call counts as one of the message's reads.
     pub fn lookup(&self, msg_id: &str, endpoint_id: &str) -> Lookup {
-        let state = self.state();
+        let mut state = self.state();
+        let mut last_read = false;
+        let message = state.messages.get_mut(msg_id).map(|kept| {
+            if let Some(left) = &mut kept.reads_left {
+                *left = left.saturating_sub(1);
+                last_read = *left == 0;
+            }
+            kept.message.clone()
+        });
+        if last_read {
+            state.remove_message(msg_id);
+        }
         Lookup {
             seen: Generation(state.generation),
-            message: state.messages.get(msg_id).cloned(),
+            message,
             endpoint: state.endpoints.get(endpoint_id).cloned(),
         }
     }
@@ -157,24 +199,40 @@ impl SendCache {
         state.endpoints.insert(endpoint.id.clone(), endpoint);
     }
 
-    /// Keeps a message read after `seen`, unless a change came in between.
-    pub fn keep_message(&self, seen: Generation, message: Arc<Message>) {
-        let size = message.payload.as_ref().map_or(0, String::len);
-        if size > MAX_KEPT_PAYLOAD {
+    /// Keeps a message read or written after `seen`, unless a change came in
+    /// between, for `reads` lookups, or until the budget pushes it out when
+    /// `reads` is `None`. Makes room by dropping the messages kept longest.
+    pub fn keep_message(&self, seen: Generation, message: Arc<Message>, reads: Option<usize>) {
+        let size = payload_bytes(&message);
+        if size > MAX_KEPT_PAYLOAD || reads == Some(0) {
             return;
         }
         let mut state = self.state();
         if state.generation != seen.0 {
             return;
         }
-        if state.messages.len() >= MAX_ENTRIES || state.payload_bytes + size > MAX_PAYLOAD_BYTES {
-            state.messages.clear();
-            state.payload_bytes = 0;
-        }
-        if let Some(old) = state.messages.insert(message.id.clone(), message) {
-            state.payload_bytes -= old.payload.as_ref().map_or(0, String::len);
+        state.remove_message(&message.id);
+        while state.messages.len() >= MAX_MESSAGES || state.payload_bytes + size > MAX_PAYLOAD_BYTES
+        {
+            let Some((_, oldest)) = state.messages.pop_front() else {
+                break;
+            };
+            state.payload_bytes -= oldest.payload_bytes();
         }
         state.payload_bytes += size;
+        let kept = KeptMessage {
+            message,
+            reads_left: reads,
+        };
+        state.messages.insert(kept.message.id.clone(), kept);
+    }
+}
+
+impl State {
+    fn remove_message(&mut self, msg_id: &str) {
+        if let Some(kept) = self.messages.remove(msg_id) {
+            self.payload_bytes -= kept.payload_bytes();
+        }
     }
 }
 
@@ -215,7 +273,7 @@ mod tests {
         )
         .unwrap();
         cache.after_commit();
-        cache.keep_message(seen, message("msg_1", 1));
+        cache.keep_message(seen, message("msg_1", 1), None);
         assert!(cache.lookup("msg_1", "").message.is_some());
 
         // A change to a message empties the cache, and a row read from a
@@ -225,28 +283,71 @@ mod tests {
             .unwrap();
         cache.after_commit();
         assert!(cache.lookup("msg_1", "").message.is_none());
-        cache.keep_message(seen, message("msg_2", 1));
+        cache.keep_message(seen, message("msg_2", 1), None);
         assert!(cache.lookup("msg_2", "").message.is_none());
     }
 
+    fn kept_ids(cache: &SendCache) -> Vec<String> {
+        cache.state().messages.keys().cloned().collect()
+    }
+
     #[test]
-    fn payload_budget_bounds_the_messages_kept() {
+    fn message_leaves_after_its_reads() {
         let cache = SendCache::new();
         let seen = cache.generation();
-        cache.keep_message(seen, message("msg_large", MAX_KEPT_PAYLOAD + 1));
-        assert!(cache.lookup("msg_large", "").message.is_none());
+        cache.keep_message(seen, message("msg_fanout", 10), Some(3));
+        cache.keep_message(seen, message("msg_read_back", 10), None);
+        cache.keep_message(seen, message("msg_none", 10), Some(0));
+        assert_eq!(kept_ids(&cache), ["msg_fanout", "msg_read_back"]);
+        assert_eq!(cache.state().payload_bytes, 20);
+
+        for read in 1..=3 {
+            let found = cache.lookup("msg_fanout", "").message;
+            assert_eq!(
+                found.map(|m| m.id.clone()).as_deref(),
+                Some("msg_fanout"),
+                "read {read}"
+            );
+        }
+        assert!(cache.lookup("msg_fanout", "").message.is_none());
+        assert_eq!(kept_ids(&cache), ["msg_read_back"]);
+        assert_eq!(cache.state().payload_bytes, 10);
+
+        // A message read back from the store stays for any number of reads.
+        for _ in 0..5 {
+            assert!(cache.lookup("msg_read_back", "").message.is_some());
+        }
+    }
+
+    #[test]
+    fn budget_drops_oldest_messages() {
+        let cache = SendCache::new();
+        let seen = cache.generation();
+        cache.keep_message(seen, message("msg_large", MAX_KEPT_PAYLOAD + 1), Some(1));
+        assert!(kept_ids(&cache).is_empty(), "too large to keep");
 
         let size = MAX_KEPT_PAYLOAD;
         let fit = MAX_PAYLOAD_BYTES / size;
         for i in 0..fit {
-            cache.keep_message(seen, message(&format!("msg_{i}"), size));
+            cache.keep_message(seen, message(&format!("msg_{i}"), size), Some(1));
         }
         assert_eq!(cache.state().payload_bytes, fit * size);
-        assert!(cache.lookup("msg_0", "").message.is_some());
-        // One more does not fit: the map starts over with it alone.
-        cache.keep_message(seen, message("msg_next", size));
-        assert_eq!(cache.state().messages.len(), 1);
-        assert_eq!(cache.state().payload_bytes, size);
-        assert!(cache.lookup("msg_next", "").message.is_some());
+        // Two more push out the two oldest, and the rest stay in order.
+        cache.keep_message(seen, message("msg_next", size), Some(1));
+        cache.keep_message(seen, message("msg_last", size), Some(1));
+        let ids = kept_ids(&cache);
+        assert_eq!(ids.len(), fit);
+        assert_eq!(ids[0], "msg_2");
+        assert_eq!(ids[fit - 2..], ["msg_next", "msg_last"]);
+        assert_eq!(cache.state().payload_bytes, fit * size);
+
+        // The count of messages is bounded too, whatever their size.
+        for i in 0..MAX_MESSAGES + 5 {
+            cache.keep_message(seen, message(&format!("msg_small_{i}"), 1), None);
+        }
+        let ids = kept_ids(&cache);
+        assert_eq!(ids.len(), MAX_MESSAGES);
+        assert_eq!(ids[0], "msg_small_5");
+        assert_eq!(cache.state().payload_bytes, MAX_MESSAGES);
     }
 }

@@ -23,7 +23,7 @@ use crate::model::{
 };
 
 /// The database a conformance test runs against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
     Postgres,
