@@ -387,7 +387,7 @@ impl Config {
             parse_positive_duration(v, Duration::from_secs(7 * 24 * 3600))
         })?;
         let max_in_flight_per_endpoint =
-            parse(raw, "max_in_flight_per_endpoint", "64", "64", |v| {
+            parse(raw, "max_in_flight_per_endpoint", "128", "128", |v| {
                 parse_count(v, 1, 10_000)
             })?;
         let min_in_flight_per_endpoint = parse(raw, "min_in_flight_per_endpoint", "1", "1", |v| {
