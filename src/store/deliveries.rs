@@ -56,6 +56,29 @@ pub fn insert(
     )
 }
 
+/// Returns the row that [`insert`] and [`insert_many`] write for a new
+/// delivery.
+pub fn new_pending(
+    id: i64,
+    msg_id: &str,
+    endpoint_id: &str,
+    app_id: &str,
+    trigger: Trigger,
+    now: Millis,
+) -> Delivery {
+    Delivery {
+        id,
+        msg_id: msg_id.to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
+        app_id: app_id.to_owned(),
+        trigger,
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        next_attempt_at: Some(now),
+        created_at: now,
+    }
+}
+
 /// Rows of one multi-row INSERT at most.
 const INSERT_ROWS: usize = 100;
 
@@ -142,8 +165,13 @@ pub(super) fn load_for_send_cached(
     id: i64,
     cache: Option<&SendCache>,
 ) -> Result<Option<SendContext>> {
-    let Some(delivery) = get(conn, id)? else {
-        return Ok(None);
+    let kept = cache.and_then(|cache| cache.take_new_delivery(id));
+    let delivery = match kept {
+        Some(delivery) => delivery,
+        None => match get(conn, id)? {
+            Some(delivery) => delivery,
+            None => return Ok(None),
+        },
     };
     // The generation is read before the message and endpoint rows, so that
     // a row read from a snapshot older than a change committed meanwhile is

@@ -35,6 +35,9 @@ pub(crate) fn finish((mut message, channels, tags): RawRow) -> Result<Message> {
     Ok(message)
 }
 
+/// The trigger of the deliveries that [`create`] makes.
+pub(crate) const FAN_OUT_TRIGGER: Trigger = Trigger::Scheduled;
+
 /// A delivery created by fan-out, for the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
@@ -96,7 +99,7 @@ pub fn create(conn: &Conn, message: Message) -> Result<Created> {
         &message.id,
         &targets,
         &message.app_id,
-        Trigger::Scheduled,
+        FAN_OUT_TRIGGER,
         message.created_at,
     )?;
 

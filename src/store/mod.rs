@@ -545,8 +545,20 @@ impl Store {
             .await?;
         if let (Some(cache), Some(seen)) = (cache, seen) {
             if created.is_new && !created.deliveries.is_empty() {
+                let message = &created.message;
+                let rows = created.deliveries.iter().map(|new| {
+                    deliveries::new_pending(
+                        new.delivery_id,
+                        &message.id,
+                        &new.endpoint_id,
+                        &message.app_id,
+                        messages::FAN_OUT_TRIGGER,
+                        message.created_at,
+                    )
+                });
+                cache.keep_new_deliveries(seen, rows.collect());
                 let reads = created.deliveries.len();
-                cache.keep_message(seen, Arc::new(created.message.clone()), Some(reads));
+                cache.keep_message(seen, Arc::new(message.clone()), Some(reads));
             }
         }
         Ok(created)

@@ -16,6 +16,11 @@
 //! endpoint, or, when all deliveries lag, the one due next, which costs one
 //! read from the store.
 //!
+//! The deliveries that a new message creates are kept too, until their first
+//! read. Each changes only through its own attempts or when its endpoint or
+//! message changes, and such a change empties the cache, so the first read
+//! finds the row as it was written.
+//!
 //! SQLite only: there the store's writer thread makes every change. An update
 //! hook on its connection notes each row it updates or deletes in those
 //! tables, and after the commit, before any caller hears of it, the writer
@@ -29,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashlink::LinkedHashMap;
 use rusqlite::hooks::Action;
 
-use crate::model::{Application, Endpoint, Message};
+use crate::model::{Application, Delivery, Endpoint, Message};
 
 /// Maximum endpoints and applications kept. A full map is emptied and
 /// starts over.
@@ -37,6 +42,9 @@ const MAX_ENTRIES: usize = 1024;
 
 /// Maximum messages kept: about one second of attempts at 15,000 a second.
 const MAX_MESSAGES: usize = 16 * 1024;
+
+/// Maximum new deliveries kept, at about 250 bytes each.
+const MAX_NEW_DELIVERIES: usize = 16 * 1024;
 
 /// Maximum payload bytes of all messages kept.
 const MAX_PAYLOAD_BYTES: usize = 16 << 20;
@@ -60,6 +68,8 @@ struct State {
     messages: LinkedHashMap<String, KeptMessage>,
     /// By the id or uid the caller looked the application up with.
     applications: HashMap<String, Arc<Application>>,
+    /// Deliveries made by a new message and not read yet, oldest first.
+    new_deliveries: LinkedHashMap<i64, Delivery>,
     payload_bytes: usize,
 }
 
@@ -113,10 +123,12 @@ impl SendCache {
         let changed = self.changed.clone();
         conn.update_hook(Some(
             move |action: Action, _database: &str, table: &str, _rowid: i64| {
-                // Inserts make new rows, which no reader has kept yet.
-                if action != Action::SQLITE_INSERT
-                    && matches!(table, "endpoints" | "messages" | "applications")
-                {
+                // Inserts make new rows, which no reader has kept yet. A
+                // delivery changes by its own attempts after its first read,
+                // so only its deletion concerns the deliveries kept.
+                let kept_table = matches!(table, "endpoints" | "messages" | "applications");
+                let deleted_delivery = action == Action::SQLITE_DELETE && table == "deliveries";
+                if (action != Action::SQLITE_INSERT && kept_table) || deleted_delivery {
                     changed.store(true, Ordering::Release);
                 }
             },
@@ -132,6 +144,7 @@ impl SendCache {
             state.endpoints.clear();
             state.messages.clear();
             state.applications.clear();
+            state.new_deliveries.clear();
             state.payload_bytes = 0;
         }
     }
@@ -160,6 +173,26 @@ impl SendCache {
             seen: Generation(state.generation),
             message,
             endpoint: state.endpoints.get(endpoint_id).cloned(),
+        }
+    }
+
+    /// Removes and returns the delivery kept by `keep_new_deliveries`, if any.
+    pub fn take_new_delivery(&self, id: i64) -> Option<Delivery> {
+        self.state().new_deliveries.remove(&id)
+    }
+
+    /// Keeps deliveries that a commit after `seen` created, unless a change
+    /// came in between. Makes room by dropping the deliveries kept longest.
+    pub fn keep_new_deliveries(&self, seen: Generation, deliveries: Vec<Delivery>) {
+        let mut state = self.state();
+        if state.generation != seen.0 {
+            return;
+        }
+        for delivery in deliveries {
+            if state.new_deliveries.len() >= MAX_NEW_DELIVERIES {
+                state.new_deliveries.pop_front();
+            }
+            state.new_deliveries.insert(delivery.id, delivery);
         }
     }
 
@@ -239,6 +272,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Trigger;
 
     fn message(id: &str, payload_len: usize) -> Arc<Message> {
         Arc::new(Message {
@@ -317,6 +351,71 @@ mod tests {
         for _ in 0..5 {
             assert!(cache.lookup("msg_read_back", "").message.is_some());
         }
+    }
+
+    fn delivery(id: i64) -> Delivery {
+        crate::store::deliveries::new_pending(id, "msg_1", "ep_1", "app_1", Trigger::Scheduled, 5)
+    }
+
+    #[test]
+    fn new_delivery_is_taken_once() {
+        let cache = SendCache::new();
+        let seen = cache.generation();
+        cache.keep_new_deliveries(seen, vec![delivery(1), delivery(2)]);
+        assert_eq!(cache.take_new_delivery(1), Some(delivery(1)));
+        assert_eq!(cache.take_new_delivery(1), None);
+        assert_eq!(cache.take_new_delivery(2), Some(delivery(2)));
+    }
+
+    #[test]
+    fn new_deliveries_follow_changes_and_budget() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE endpoints (id TEXT PRIMARY KEY, url TEXT)")
+            .unwrap();
+        let cache = SendCache::new();
+        cache.watch(&conn);
+
+        // Deliveries created before a change to an endpoint are not kept
+        // after it, and those kept are dropped by it.
+        let seen = cache.generation();
+        cache.keep_new_deliveries(seen, vec![delivery(1)]);
+        conn.execute_batch(
+            "INSERT INTO endpoints VALUES ('ep_1', 'a'); UPDATE endpoints SET url = 'b'",
+        )
+        .unwrap();
+        cache.after_commit();
+        cache.keep_new_deliveries(seen, vec![delivery(2)]);
+        assert_eq!(cache.take_new_delivery(1), None);
+        assert_eq!(cache.take_new_delivery(2), None);
+
+        // Updating a delivery leaves the cache as it is, deleting one empties it.
+        conn.execute_batch(
+            "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, status INTEGER);
+             INSERT INTO deliveries VALUES (3, 1)",
+        )
+        .unwrap();
+        let seen = cache.generation();
+        cache.keep_new_deliveries(seen, vec![delivery(4), delivery(5)]);
+        conn.execute("UPDATE deliveries SET status = 0", [])
+            .unwrap();
+        cache.after_commit();
+        assert_eq!(cache.take_new_delivery(4), Some(delivery(4)));
+        conn.execute("DELETE FROM deliveries WHERE id = 3", [])
+            .unwrap();
+        cache.after_commit();
+        assert_eq!(cache.take_new_delivery(5), None);
+
+        // A full cache drops the deliveries kept longest.
+        let seen = cache.generation();
+        let count = MAX_NEW_DELIVERIES as i64;
+        cache.keep_new_deliveries(seen, (0..count + 2).map(delivery).collect());
+        assert_eq!(cache.state().new_deliveries.len(), MAX_NEW_DELIVERIES);
+        assert_eq!(cache.take_new_delivery(1), None);
+        assert_eq!(cache.take_new_delivery(2), Some(delivery(2)));
+        assert_eq!(
+            cache.take_new_delivery(count + 1),
+            Some(delivery(count + 1))
+        );
     }
 
     #[test]

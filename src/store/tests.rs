@@ -1193,6 +1193,7 @@ conformance!(
     repeated_event_id_returns_first_message,
     deliveries_round_trip,
     attempt_reads_follow_changes,
+    new_delivery_reads_match_store,
     application_lookups_follow_changes,
     attempts_round_trip,
     app_tokens_round_trip,

@@ -1007,14 +1007,11 @@ pub(super) async fn application_lookups_follow_changes(backend: Backend) {
     }
 }
 
-/// An attempt's load returns each committed change to its endpoint and its
-/// message, also after an earlier load. On SQLite the two come from memory
-/// after the first load, so this covers emptying that cache.
-pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
-    let db = TestDb::new(backend);
-    let store = db.open(None).unwrap();
-    let [first, second]: [Endpoint; 2] = save_endpoints(
-        &store,
+/// Saves two endpoints of `app_1` and creates a message that goes to both
+/// through [`Store::create_message`], as the API does.
+async fn message_to_two_endpoints(store: &Store) -> ([Endpoint; 2], messages::Created) {
+    let endpoints: [Endpoint; 2] = save_endpoints(
+        store,
         vec![endpoint("app_1", None), endpoint("app_1", None)],
     )
     .await
@@ -1024,15 +1021,30 @@ pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
         .create_message(message("app_1", "a", None, 100))
         .await
         .unwrap();
-    let delivery_to = |endpoint: &Endpoint| {
-        created
-            .deliveries
-            .iter()
-            .find(|d| d.endpoint_id == endpoint.id)
-            .expect("a delivery to each endpoint")
-            .delivery_id
-    };
-    let (to_first, to_second) = (delivery_to(&first), delivery_to(&second));
+    (endpoints, created)
+}
+
+/// Returns the id of the delivery of `created` to `endpoint`.
+fn delivery_to(created: &messages::Created, endpoint: &Endpoint) -> i64 {
+    created
+        .deliveries
+        .iter()
+        .find(|d| d.endpoint_id == endpoint.id)
+        .expect("a delivery to each endpoint")
+        .delivery_id
+}
+
+/// An attempt's load returns each committed change to its endpoint and its
+/// message, also after an earlier load. On SQLite the two come from memory
+/// after the first load, so this covers emptying that cache.
+pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
+    let ([first, second], created) = message_to_two_endpoints(&store).await;
+    let (to_first, to_second) = (
+        delivery_to(&created, &first),
+        delivery_to(&created, &second),
+    );
     let load = |id: i64| {
         let store = store.clone();
         async move {
@@ -1091,6 +1103,34 @@ pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
         None,
         "the endpoint was deleted"
     );
+}
+
+/// An attempt's first read of a delivery that a new message created returns
+/// the row as stored, and a delivery canceled before that read comes back
+/// canceled. On SQLite the first read comes from memory.
+pub(super) async fn new_delivery_reads_match_store(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = db.open(None).unwrap();
+    let ([enabled, disabled], created) = message_to_two_endpoints(&store).await;
+    let stored = |id: i64| read_ok(&store, move |conn| deliveries::get(conn, id));
+
+    let id = delivery_to(&created, &enabled);
+    let expected = stored(id).await.expect("the delivery exists");
+    assert_eq!(expected.status, DeliveryStatus::Pending);
+    let first = store.load_for_send(id).await.unwrap().unwrap();
+    assert_eq!(first.delivery, expected);
+    let second = store.load_for_send(id).await.unwrap().unwrap();
+    assert_eq!(second.delivery, expected);
+
+    let id = delivery_to(&created, &disabled);
+    let endpoint_id = disabled.id.clone();
+    write_ok(&store, move |conn| {
+        endpoints::disable(conn, &endpoint_id, 300)
+    })
+    .await;
+    let loaded = store.load_for_send(id).await.unwrap().unwrap();
+    assert_eq!(loaded.delivery.status, DeliveryStatus::Canceled);
+    assert_eq!(Some(loaded.delivery), stored(id).await);
 }
 
 pub(super) async fn attempts_round_trip(backend: Backend) {
