@@ -245,7 +245,8 @@ async fn endpoint_failing_too_long_is_disabled() {
 #[tokio::test]
 async fn overload_shrinks_requests_in_flight() {
     // The breaker is off, so only the adaptive limit acts: it starts at 8,
-    // and each 429 halves it, down to 1.
+    // and each 429 halves it, down to 1. Each 429 carries Retry-After, which
+    // delays that delivery's retry but does not change the shrinking.
     let hookd = Settings::new()
         .set(
             "HOOKD_RETRY_SCHEDULE",
@@ -256,7 +257,11 @@ async fn overload_shrinks_requests_in_flight() {
         .set("HOOKD_INITIAL_IN_FLIGHT_PER_ENDPOINT", "8")
         .start()
         .await;
-    let receiver = Receiver::always(Answer::status(429).after(Duration::from_millis(100)));
+    let receiver = Receiver::always(
+        Answer::status(429)
+            .header("retry-after", "1")
+            .after(Duration::from_millis(100)),
+    );
     let app = hookd.api.create_app().await;
     hookd.api.create_endpoint(&app, &receiver.url()).await;
     for n in 0..40 {
