@@ -165,8 +165,8 @@ pub(super) fn load_for_send_cached(
     id: i64,
     cache: Option<&SendCache>,
 ) -> Result<Option<SendContext>> {
-    let kept = cache.and_then(|cache| cache.take_new_delivery(id));
-    let delivery = match kept {
+    let from_memory = cache.and_then(|cache| cache.take_new_delivery(id));
+    let delivery = match from_memory {
         Some(delivery) => delivery,
         None => match get(conn, id)? {
             Some(delivery) => delivery,

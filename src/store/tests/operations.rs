@@ -1061,7 +1061,7 @@ pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
     assert_eq!(*loaded.message, created.message);
     assert_eq!(loaded.endpoint.as_deref(), Some(&first));
     load(to_second).await;
-    let kept = || {
+    let cached = || {
         let cache = store.inner.send_cache.as_ref()?;
         let found = cache.lookup(&created.message.id, &first.id);
         Some((found.message.is_some(), found.endpoint.is_some()))
@@ -1069,14 +1069,14 @@ pub(super) async fn attempt_reads_follow_changes(backend: Backend) {
     if backend == Backend::Sqlite {
         // Both deliveries made their first read: the message has left, the
         // endpoint stays.
-        assert_eq!(kept(), Some((false, true)));
+        assert_eq!(cached(), Some((false, true)));
     }
     let again = load(to_first).await;
     assert_eq!(*again.message, created.message);
     assert_eq!(again.endpoint.as_deref(), Some(&first));
     if backend == Backend::Sqlite {
         // Read back from the store, the message is kept again.
-        assert_eq!(kept(), Some((true, true)));
+        assert_eq!(cached(), Some((true, true)));
     }
 
     let mut edited = first.clone();
